@@ -1,0 +1,181 @@
+"""One Transformer backbone for both objectives (Qwen3-style).
+
+RMSNorm, RoPE (rotate-half, as Qwen3), SwiGLU, QK-norm, no biases, untied LM head, GQA-capable,
+attention through `F.scaled_dot_product_attention` (flash/efficient kernels on GPU when no
+explicit mask is passed). `config.causal` is the only switch between AR and DLM. The backbone
+returns logits; losses live in `coder/objectives.py`.
+
+Module names follow HF `Qwen3ForCausalLM` (`model.layers.N.self_attn.q_proj`, ...), so export is
+a rename-free state-dict copy.
+
+Known limits: `doc_ids` and `attn_mask` force the masked SDPA path (no flash kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coder.config import ModelConfig
+
+KV = tuple[Tensor, Tensor]  # per layer: (k, v), each (B, n_kv_heads, S, head_dim), RoPE applied
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """positions (B, T) or (T,) int → cos, sin of shape (B or 1, 1, T, head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    if positions.dim() == 1:
+        positions = positions[None]
+    freqs = positions[..., None].float() * inv_freq  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, is_causal: bool,
+                past: KV | None) -> tuple[Tensor, KV]:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, is_causal, past=None):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, past)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Normal(0, init_std) for every linear and embedding, ones for norms."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                w = torch.empty(m.weight.shape, dtype=torch.float32).normal_(0.0, self.config.init_std, generator=gen)
+                m.weight.copy_(w)
+            elif isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+
+    def forward(
+        self,
+        input_ids: Tensor,  # (B, T)
+        *,
+        positions: Tensor | None = None,  # (B, T) or (T,); default past_len + arange(T)
+        doc_ids: Tensor | None = None,  # (B, T) document index per token (packed sequences)
+        attn_mask: Tensor | None = None,  # bool (B or 1, 1, T, S+T), True = may attend
+        past_kv: list[KV] | None = None,  # per layer, from an earlier call with use_cache=True
+        use_cache: bool = False,
+    ) -> Tensor | tuple[Tensor, list[KV]]:
+        """Logits (B, T, vocab) in float32; with `use_cache` also the per-layer KV (past + new).
+
+        Masking: an explicit `attn_mask` wins. Otherwise causal (AR) or full (DLM) attention over
+        past + new tokens, restricted to the same document when `doc_ids` is given.
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        past_len = past_kv[0][0].shape[2] if past_kv else 0
+        if positions is None:
+            positions = torch.arange(past_len, past_len + T, device=input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+        mask = attn_mask
+        if mask is None and doc_ids is not None:
+            if past_kv:
+                raise ValueError("doc_ids with past_kv is not supported; pass attn_mask")
+            mask = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
+            if cfg.causal:
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        elif mask is None and cfg.causal and past_len and T > 1:
+            mask = torch.ones(T, past_len + T, dtype=torch.bool, device=x.device).tril(past_len)
+        is_causal = cfg.causal and not past_len
+        new_kv = []
+        for i, layer in enumerate(self.model.layers):
+            x, kv = layer(x, cos, sin, mask, is_causal, past_kv[i] if past_kv else None)
+            if use_cache:
+                new_kv.append(kv)
+        logits = self.lm_head(self.model.norm(x)).float()
+        return (logits, new_kv) if use_cache else logits
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = 0) -> Transformer:
+    """Build and initialise; on the `meta` device nothing is allocated (for FSDP2 and counting)."""
+    with torch.device(device):
+        model = Transformer(cfg)
+    if str(device) != "meta":
+        model.init_weights(seed)
+    return model

@@ -1,0 +1,3 @@
+from dcoder.cli import main
+
+raise SystemExit(main())
