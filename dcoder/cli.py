@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, serve and evaluate diffusion code models on a small, fixed corpus.",
     )
     parser.add_argument("--version", action="version", version="dcoder 0.1.0")
+    # coder never imports eval: the trainer's per-epoch evaluation is a callback handed to it here.
+    parser.set_defaults(eval_callback_factory=eval_callback_factory)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_CLIS:
         try:
@@ -44,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def eval_callback_factory(tasks: list[str], data_dir: str, **options):
+    """Build eval's per-epoch callback for the trainer (`callback(model, tokenizer, cfg, epoch, step)`)."""
+    from eval.callback import make_epoch_callback
+
+    return make_epoch_callback(tasks, data_dir, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
