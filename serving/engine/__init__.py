@@ -1,0 +1,24 @@
+"""The decoding engine (no HTTP): AR with a KV cache, DLM block-wise parallel decoding with a
+prefix KV cache, infilling, and a step-granular continuous-batching scheduler.
+
+    from serving.engine import Engine, GenerationRequest
+    with Engine.from_path("runs/pair/dlm") as engine:
+        print(engine.generate(GenerationRequest(prompt="def add(a, b):\\n")).text)
+"""
+
+from serving.engine.engine import Engine
+from serving.engine.types import (
+    Delta,
+    DLMParams,
+    EngineFull,
+    Finished,
+    GenerationRequest,
+    InvalidRequest,
+    PromptTooLong,
+    RequestStats,
+)
+
+__all__ = [
+    "DLMParams", "Delta", "Engine", "EngineFull", "Finished", "GenerationRequest", "InvalidRequest",
+    "PromptTooLong", "RequestStats",
+]

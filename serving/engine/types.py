@@ -80,3 +80,9 @@ class Finished:
     finish_reason: FinishReason
     stats: RequestStats
     error: str | None = None
+
+
+class InvalidRequest(ValueError):
+    """A request parameter outside what the engine can do (→ HTTP 400)."""
+
+    user_error = True

@@ -1,0 +1,53 @@
+"""Autoregressive decoding with a KV cache: one prefill step, then one token per step."""
+
+from __future__ import annotations
+
+import torch
+
+from data_prep.format import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, MASK, PAD
+from serving.engine.batch import StepInput, StepOutput
+from serving.engine.sampling import choose_tokens
+from serving.engine.slot import EventSink, ModelInfo, Slot
+from serving.engine.types import GenerationRequest
+
+
+class ARSlot(Slot):
+    """Stops at `<|endoftext|>`, a stop string, `max_tokens` or the deadline (text so far)."""
+
+    def __init__(self, req: GenerationRequest, info: ModelInfo, on_event: EventSink, t_submit: float,
+                 context: list[int]):
+        super().__init__(req, info, on_event, t_submit, prompt_tokens=len(context))
+        self.context = torch.tensor(context, dtype=torch.long, device=info.device)
+        self.generated: list[int] = []
+        self.kv = None  # per layer (1, H_kv, S, D) after the prefill
+        # tokens an AR model must never emit (they mean nothing to it as output)
+        self.banned = self.banned_logits_mask([MASK, PAD, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE])
+
+    def prepare(self, now: float) -> StepInput | None:
+        if self.deadline_passed(now):
+            self.finish("deadline", now)
+            return None
+        if self.kv is None:  # prefill: the whole context, causally
+            n = self.context.numel()
+            return StepInput(self.context, torch.arange(n, device=self.context.device), causal=True,
+                             want_kv=True)
+        pos = self.context.numel() + len(self.generated) - 1
+        return StepInput(torch.tensor([self.generated[-1]], device=self.context.device),
+                         torch.tensor([pos], device=self.context.device), past=self.kv, causal=True,
+                         want_kv=True)
+
+    def advance(self, out: StepOutput, now: float) -> None:
+        self.kv = out.kv
+        logits = out.logits[-1:].masked_fill(self.banned, float("-inf"))  # (1, V)
+        r = self.req
+        tok = int(choose_tokens(logits, r.temperature, r.top_k, r.top_p, self.generator)[0][0])
+        if tok in self.eos_ids:
+            self.finish("stop", now)
+            return
+        self.generated.append(tok)
+        if self.set_output(self.generated, now):
+            self.finish("stop", now)
+        elif len(self.generated) >= r.max_tokens:
+            self.finish("length", now)
+        else:
+            self.stream()

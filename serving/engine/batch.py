@@ -1,0 +1,92 @@
+"""One batched model step over rows that each bring their own tokens, positions and KV cache.
+
+Every scheduler tick turns the active slots into `StepInput`s (ragged: row i has T_i new tokens
+and S_i cached keys) and runs them as one padded forward:
+
+    input_ids, positions      (B, T)          right-padded with 0
+    past k / v per layer      (B, H_kv, S, D) right-padded with 0
+    attn_mask                 (B, 1, T, S+T)  True = may attend
+
+Row i attends to its own S_i cached keys and its own T_i new tokens (all of them for the DLM,
+causally for AR); padded keys are masked out, so they contribute exactly zero to the softmax.
+Padded query rows attend only to themselves (an all-False row would make SDPA return NaN) and
+their outputs are dropped. Not handled: paged or shared KV memory (each row's cache is its own
+tensor, restacked per tick), chunked prefill (a long prompt pads every row of its tick).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from coder.model import KV, Transformer
+
+
+@dataclass
+class StepInput:
+    ids: Tensor  # (T,) long, tokens to run this step
+    positions: Tensor  # (T,) long, their absolute positions (RoPE)
+    past: list[KV] | None = None  # per layer (k, v), each (1, H_kv, S, D); None = no cache
+    causal: bool = False  # causal among the new tokens (AR); the past is always fully visible
+    want_kv: bool = False  # return this row's KV (past + new) for caching
+
+
+@dataclass
+class StepOutput:
+    logits: Tensor  # (T, vocab) float32
+    kv: list[KV] | None  # per layer (1, H_kv, S+T, D) when the row asked for it
+
+
+@torch.inference_mode()
+def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
+    """Run all rows as one padded forward; outputs are in row order."""
+    device = next(model.parameters()).device
+    B = len(rows)
+    T = max(int(r.ids.numel()) for r in rows)
+    lens_new = [int(r.ids.numel()) for r in rows]
+    lens_past = [int(r.past[0][0].shape[2]) if r.past else 0 for r in rows]
+    S = max(lens_past)
+
+    input_ids = torch.zeros(B, T, dtype=torch.long, device=device)
+    positions = torch.zeros(B, T, dtype=torch.long, device=device)
+    mask = torch.zeros(B, 1, T, S + T, dtype=torch.bool, device=device)
+    tri = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
+        input_ids[i, :t] = r.ids
+        positions[i, :t] = r.positions
+        mask[i, 0, :t, :s] = True
+        mask[i, 0, :t, S : S + t] = tri[:t, :t] if r.causal else True
+        pad = torch.arange(t, T, device=device)
+        mask[i, 0, pad, S + pad] = True  # padded queries see themselves only (avoids NaN rows)
+
+    past = None
+    if S:
+        past = []
+        for layer in range(len(model.model.layers)):
+            ref = next(r.past for r in rows if r.past)[layer][0]  # (1, H_kv, S_i, D)
+            k = ref.new_zeros(B, ref.shape[1], S, ref.shape[3])
+            v = torch.zeros_like(k)
+            for i, (r, s) in enumerate(zip(rows, lens_past, strict=True)):
+                if s:
+                    k[i, :, :s] = r.past[layer][0][0]
+                    v[i, :, :s] = r.past[layer][1][0]
+            past.append((k, v))
+
+    want_kv = any(r.want_kv for r in rows)
+    out = model(input_ids, positions=positions, attn_mask=mask, past_kv=past, use_cache=want_kv)
+    logits, new_kv = out if want_kv else (out, None)
+
+    results = []
+    for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
+        kv = None
+        if r.want_kv:
+            # (1, H_kv, s + t, D): this row's cached keys, then its new ones (padding dropped)
+            kv = [
+                (torch.cat([k[i : i + 1, :, :s], k[i : i + 1, :, S : S + t]], dim=2),
+                 torch.cat([v[i : i + 1, :, :s], v[i : i + 1, :, S : S + t]], dim=2))
+                for k, v in new_kv
+            ]
+        results.append(StepOutput(logits=logits[i, :t], kv=kv))
+    return results

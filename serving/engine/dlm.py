@@ -1,0 +1,141 @@
+"""Masked-diffusion decoding: block-wise (semi-autoregressive) denoising of a canvas of masks.
+
+Sequence layout (positions are contiguous, RoPE sees one document):
+
+    [<|endoftext|> prompt] [canvas: max_tokens × <|mask|>] [suffix, when infilling]
+     0 .. Lp-1               Lp .. Lp+G-1                    Lp+G .. L-1
+
+The canvas is denoised one block of `block_length` positions at a time, left to right. Each
+step predicts every masked position of the current block and commits some of them by policy
+(threshold τ / fixed steps with low-confidence remasking / entropy / random); a committed token
+never changes. The suffix is attended bidirectionally like everything else.
+
+Prefix KV cache (Fast-dLLM "prefix cache", `use_cache`): the first step of each block is a full
+forward whose keys/values for the prompt and the committed blocks are kept; the block's later
+steps recompute only the current block and everything after it. With `cache_suffix` ("dual
+cache") the keys of the later blocks and the suffix are kept as well and only the block is
+recomputed. The approximation: in a bidirectional model those cached keys depend on the canvas,
+which changes as the block is filled; they are refreshed only when a block completes. The
+no-cache path (`use_cache=False`) is exact: a full forward every step.
+
+End of text: the output ends at the first committed `<|endoftext|>` or `<|pad|>` (variable-length
+infill: a fixed span where a model trained with infill padding closes the span early). Decoding
+stops as soon as every position before that end token is committed: later positions cannot
+change the output. Deadline: the next step commits the argmax of every remaining mask.
+Not handled: length search over several span sizes, remasking of committed tokens (ReMDM).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from data_prep.format import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, MASK
+from serving.engine.batch import StepInput, StepOutput
+from serving.engine.sampling import choose_tokens, commit_order_scores, select_commits, transfer_schedule
+from serving.engine.slot import EventSink, ModelInfo, Slot
+from serving.engine.types import GenerationRequest
+
+
+class DLMSlot(Slot):
+    def __init__(self, req: GenerationRequest, info: ModelInfo, on_event: EventSink, t_submit: float,
+                 context: list[int], suffix: list[int]):
+        super().__init__(req, info, on_event, t_submit, prompt_tokens=len(context) + len(suffix))
+        self.p = req.dlm
+        self.mask_id = info.special[MASK]
+        self.Lp, self.G = len(context), req.max_tokens
+        ids = context + [self.mask_id] * self.G + suffix
+        self.x = torch.tensor(ids, dtype=torch.long, device=info.device)  # (L,)
+        self.positions = torch.arange(len(ids), device=info.device)
+        self.committed = torch.zeros(self.G, dtype=torch.bool, device=info.device)  # canvas only
+        self.block = 0
+        self.step_in_block = 0
+        self.schedule: list[int] | None = None  # tokens per step for this block (fixed-steps policies)
+        self.cached: list | None = None  # per layer (1, H_kv, S, D): prefix (+ suffix) keys/values
+        self.mode = "full"  # what this tick's StepInput covers: full | refresh | tail | block | deadline
+        self.banned = self.banned_logits_mask([MASK, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE])
+
+    def block_span(self) -> tuple[int, int]:
+        """Sequence indices [start, end) of the current block."""
+        start = self.Lp + self.block * self.p.block_length
+        return start, min(start + self.p.block_length, self.Lp + self.G)
+
+    def prepare(self, now: float) -> StepInput | None:
+        if self.deadline_passed(now):
+            self.mode = "deadline"
+        elif not self.p.use_cache:
+            self.mode = "full"
+        elif self.cached is None:
+            self.mode = "refresh"
+        else:
+            self.mode = "block" if self.p.cache_suffix else "tail"
+        if self.mode in ("full", "deadline", "refresh"):
+            return StepInput(self.x, self.positions, want_kv=self.mode == "refresh")
+        bs, be = self.block_span()
+        end = be if self.mode == "block" else self.x.numel()
+        return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached)
+
+    def advance(self, out: StepOutput, now: float) -> None:
+        bs, be = self.block_span()
+        offset = bs if self.mode in ("tail", "block") else 0  # sequence index of logits row 0
+        if self.mode == "refresh":
+            # keep keys/values of the prompt and committed blocks (and, dual cache, of the
+            # later blocks + suffix); each (1, H_kv, S, D)
+            keep = [(k[:, :, :bs], v[:, :, :bs]) for k, v in out.kv]
+            if self.p.cache_suffix:
+                keep = [(torch.cat([k0, k[:, :, be:]], 2), torch.cat([v0, v[:, :, be:]], 2))
+                        for (k0, v0), (k, v) in zip(keep, out.kv, strict=True)]
+            self.cached = keep
+        logits = out.logits.masked_fill(self.banned, float("-inf"))  # (T, V)
+
+        if self.mode == "deadline":
+            todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # every mask left, argmax
+            self._commit(todo, logits[todo].argmax(-1), now)
+            self._finish_if_done(now, reason_if_done="deadline", force=True)
+            return
+
+        r = self.req
+        todo = (~self.committed[bs - self.Lp : be - self.Lp]).nonzero().squeeze(-1) + bs
+        tokens, token_probs, probs = choose_tokens(logits[todo - offset], r.temperature, r.top_k, r.top_p,
+                                                   self.generator)
+        if self.schedule is None:
+            self.schedule = transfer_schedule(todo.numel(), self.p.steps or self.p.block_length)
+        if self.p.remasking == "threshold" and self.p.steps is None:
+            k_min = 1
+        elif self.step_in_block < len(self.schedule):
+            k_min = self.schedule[self.step_in_block]
+        else:
+            k_min = todo.numel()
+        scores = commit_order_scores(self.p.remasking, token_probs, probs, self.generator)
+        pick = select_commits(self.p.remasking, scores, token_probs, self.p.threshold, k_min)
+        self._commit(todo[pick], tokens[pick], now)
+        self.step_in_block += 1
+        block_done = bool(self.committed[bs - self.Lp : be - self.Lp].all())
+        if block_done:
+            self.block += 1
+            self.step_in_block, self.schedule, self.cached = 0, None, None
+        if not self._finish_if_done(now) and block_done:
+            self.stream()
+
+    def _commit(self, seq_idx: torch.Tensor, tokens: torch.Tensor, now: float) -> None:
+        if seq_idx.numel() and self.stats.time_to_first_commit_s == 0.0:
+            self.stats.time_to_first_commit_s = now - self.t_submit
+        self.x[seq_idx] = tokens
+        self.committed[seq_idx - self.Lp] = True
+
+    def _finish_if_done(self, now: float, reason_if_done: str = "length", force: bool = False) -> bool:
+        """Update the output; finish when the text can no longer change. True if finished."""
+        uncommitted = (~self.committed).nonzero()
+        frontier = int(uncommitted[0]) if uncommitted.numel() else self.G  # canvas prefix that is final
+        final = self.x[self.Lp : self.Lp + frontier].tolist()
+        end = next((i for i, t in enumerate(final) if t in self.eos_ids), None)
+        if end is not None:
+            final = final[:end]
+        if self.set_output(final, now):
+            self.finish("stop", now)
+        elif force:
+            self.finish(reason_if_done, now)
+        elif end is not None:
+            self.finish("stop", now)
+        elif frontier == self.G:
+            self.finish("length", now)
+        return self.finished is not None
