@@ -27,3 +27,31 @@ def tiny_run_config(objective: str = "dlm", vocab_size: int = 320, **train) -> R
                 warmup_steps=2, log_every=1)
     opts.update(train)
     return RunConfig(name="test", model=model, train=TrainConfig(**opts))
+
+
+def make_data_dir(path, tokenizer, n_docs: int = 40, seq_len: int = 32, val_docs: int = 8, seed: int = 0):
+    """A complete data dir (manifest, tokenizer, one train and one val shard) of random-ish code."""
+    import random
+
+    import numpy as np
+
+    from data_prep.format import SCHEMA_VERSION, atomic_write_json, token_dtype, write_indexed
+
+    rng = random.Random(seed)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    dtype = token_dtype(tokenizer.get_vocab_size())
+
+    def docs(n):
+        for _ in range(n):
+            text = "".join(rng.choice(CORPUS) for _ in range(rng.randint(1, 3)))
+            yield np.asarray(tokenizer.encode(text).ids + [eos], dtype=dtype)
+
+    n_train = write_indexed(path / "train" / "00000", docs(n_docs), dtype)
+    n_val = write_indexed(path / "val" / "00000", docs(val_docs), dtype)
+    tokenizer.save(str(path / "tokenizer.json"))
+    atomic_write_json(path / "manifest.json", {
+        "schema_version": SCHEMA_VERSION, "complete": True, "seq_len": seq_len,
+        "unique_tokens": n_train, "val_tokens": n_val, "dtype": np.dtype(dtype).name,
+        "documents": {"train": n_docs, "val": val_docs},
+    })
+    return path
