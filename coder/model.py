@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from coder.config import ModelConfig
@@ -97,10 +98,12 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
+        self.dropout = 0.0  # residual dropout (AR ablation); set by Transformer.set_dropout
+
     def forward(self, x, cos, sin, mask, is_causal, past=None):
         h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, past)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        x = x + F.dropout(h, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout, self.training), kv
 
 
 class Backbone(nn.Module):
@@ -117,6 +120,13 @@ class Transformer(nn.Module):
         self.config = cfg
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # recompute each block in backward instead of storing its activations (training only)
+        self.activation_checkpointing = False
+
+    def set_dropout(self, p: float) -> None:
+        """Residual dropout after attention and MLP in every block (active in train mode only)."""
+        for layer in self.model.layers:
+            layer.dropout = p
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
@@ -164,8 +174,14 @@ class Transformer(nn.Module):
             mask = torch.ones(T, past_len + T, dtype=torch.bool, device=x.device).tril(past_len)
         is_causal = cfg.causal and not past_len
         new_kv = []
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x, kv = layer(x, cos, sin, mask, is_causal, past_kv[i] if past_kv else None)
+            past = past_kv[i] if past_kv else None
+            if checkpointing:
+                x, kv = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, is_causal, past,
+                                                          use_reentrant=False)
+            else:
+                x, kv = layer(x, cos, sin, mask, is_causal, past)
             if use_cache:
                 new_kv.append(kv)
         logits = self.lm_head(self.model.norm(x)).float()
