@@ -1,0 +1,222 @@
+"""Engine benchmark: DLM parallel decoding vs vanilla DLM vs AR, on single-line infilling.
+
+    python benchmarks/bench_engine.py --dlm runs/pair/dlm --ar runs/pair/ar \
+        --data-dir data/stdlib --n 100
+
+For every configuration, the same infilling requests run one at a time (latency, tokens/s,
+tokens per forward, exact match), then the concurrency runs put N requests into an engine with
+max_batch 1 and max_batch 8 (throughput). Tasks:
+  humaneval  HumanEval-SingleLineInfilling (first --n problems); prefix/suffix are cropped to fit
+             the model's context (the tiny preset has 128 tokens), keeping the text nearest the span
+  heldout    a held-out line proxy: one line of a validation document of --data-dir, with the
+             lines around it as prefix/suffix (same cropping)
+Exact match: the completion's first line equals the reference line (trailing spaces ignored).
+Every request uses stop=["\n"]: a single-line span, so all decoders may end at the line break.
+The AR model sees a FIM (PSM) prompt only if it was trained with FIM; otherwise it continues the
+prefix and never sees the suffix (labelled in the output). Not measured here: GPU numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_HE = ROOT.parent / "shared/data/human-eval-infilling/HumanEval-SingleLineInfilling.jsonl.gz"
+
+
+@dataclass
+class Item:
+    prefix: str
+    suffix: str
+    middle: str  # the reference span (one line, with its newline)
+
+
+def crop(tok, prefix: str, suffix: str, budget: int) -> tuple[str, str]:
+    """Keep the last prefix tokens and first suffix tokens so both fit in `budget` tokens."""
+    p, s = tok.encode(prefix).ids, tok.encode(suffix).ids
+    s_keep = min(len(s), budget // 3)
+    p_keep = min(len(p), budget - s_keep)
+    s_keep = min(len(s), budget - p_keep)
+    return tok.decode(p[len(p) - p_keep:]), tok.decode(s[:s_keep])
+
+
+def humaneval_items(path: Path, n: int) -> list[Item]:
+    with gzip.open(path, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return [Item(r["prompt"], r["suffix"], r["canonical_solution"]) for r in rows[:n]]
+
+
+def heldout_items(data_dir: str, tok, n: int, seed: int = 0) -> list[Item]:
+    from data_prep.format import IndexedDataset, shard_prefixes
+
+    rng = random.Random(seed)
+    docs = []
+    for prefix in shard_prefixes(data_dir, "val"):
+        ds = IndexedDataset.open(prefix)
+        docs.extend(tok.decode(ds[i].tolist()) for i in range(len(ds)))
+    items = []
+    for _ in range(50 * n):
+        if len(items) == n or not docs:
+            break
+        lines = rng.choice(docs).splitlines(keepends=True)
+        if len(lines) < 3:
+            continue
+        i = rng.randrange(1, len(lines) - 1)
+        if len(lines[i].strip()) < 8:  # skip blank and trivial lines
+            continue
+        items.append(Item("".join(lines[:i]), "".join(lines[i + 1:]), lines[i]))
+    return items
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0].rstrip()
+
+
+def run_config(engine, items: list[Item], make_req) -> dict:
+    """Requests one at a time: latency and per-request accounting."""
+    results = [engine.generate(make_req(it)) for it in items]
+    return summarize(items, results, wall=None)
+
+
+def summarize(items, results, wall: float | None) -> dict:
+    toks = sum(r.stats.completion_tokens for r in results)
+    fwd = sum(r.stats.forward_passes for r in results)
+    lat = sorted(r.stats.total_time_s for r in results)
+    busy = wall if wall is not None else sum(lat)
+    em = sum(first_line(r.text) == first_line(it.middle) for it, r in zip(items, results, strict=True))
+    errors = sum(r.finish_reason == "error" for r in results)
+    return dict(n=len(results), em=em / len(results), tpf=toks / fwd if fwd else 0.0, tok_s=toks / busy,
+                p50=statistics.median(lat), p95=lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+                tokens=toks, forwards=fwd, errors=errors)
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                  if line.startswith("Model name")), platform.processor())
+    return f"{os.cpu_count()} CPUs ({model}), torch threads {__import__('torch').get_num_threads()}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dlm", required=True, help="DLM model dir or run dir")
+    ap.add_argument("--ar", help="AR model dir or run dir (the matched baseline)")
+    ap.add_argument("--task", choices=["humaneval", "heldout"], default="humaneval")
+    ap.add_argument("--humaneval-infilling", default=str(DEFAULT_HE))
+    ap.add_argument("--data-dir", help="data dir for --task heldout")
+    ap.add_argument("--n", type=int, default=50, help="problems")
+    ap.add_argument("--span", type=int, default=32, help="DLM canvas / max_tokens for every config")
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--json", help="also write the numbers here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from serving.engine import DLMParams, Engine, GenerationRequest
+
+    torch.set_num_threads(args.threads)
+    dlm = Engine.from_path(args.dlm, max_batch=1)
+    budget = dlm.max_context - args.span - 8  # room for <|endoftext|> and FIM markers
+    if args.task == "humaneval":
+        raw = humaneval_items(Path(args.humaneval_infilling), args.n)
+    else:
+        if not args.data_dir:
+            ap.error("--task heldout needs --data-dir")
+        raw = heldout_items(args.data_dir, dlm.tokenizer, args.n)
+    items = [Item(*crop(dlm.tokenizer, it.prefix, it.suffix, budget), it.middle) for it in raw]
+
+    def dlm_req(params, oracle=False):
+        def make(it: Item):
+            span = args.span
+            if oracle:  # the reference's own length: what variable-length infill is measured against
+                span = max(1, min(args.span, len(dlm.tokenizer.encode(it.middle).ids)))
+            return GenerationRequest(prompt=it.prefix, suffix=it.suffix, max_tokens=span, stop=["\n"],
+                                     dlm=params)
+        return make
+
+    B = args.block
+    configs = {
+        "DLM vanilla (1 token/step, no cache)": (dlm, dlm_req(DLMParams(block_length=B, remasking="low_confidence",
+                                                                         use_cache=False))),
+        "DLM τ=0.9, no cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9, use_cache=False))),
+        "DLM τ=0.9 + prefix cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9))),
+        "DLM τ=0.9 + dual cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9, cache_suffix=True))),
+        "DLM τ=0.9 + prefix cache, oracle span length": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9),
+                                                                      oracle=True)),
+    }
+    ar = None
+    if args.ar:
+        ar = Engine.from_path(args.ar, max_batch=1)
+        label = "AR + KV cache (FIM prompt)" if ar.info.fim else "AR + KV cache (prefix only, no FIM)"
+        configs[label] = (ar, lambda it: GenerationRequest(prompt=it.prefix, suffix=it.suffix,
+                                                           max_tokens=args.span, stop=["\n"]))
+    rows = {}
+    for name, (engine, make) in configs.items():
+        engine.generate(make(items[0]))  # warm-up (starts the scheduler)
+        t = time.perf_counter()
+        rows[name] = run_config(engine, items, make)
+        print(f"{name}: {rows[name]} ({time.perf_counter() - t:.1f}s)", file=sys.stderr, flush=True)
+    for engine in (dlm, ar):
+        if engine is not None:
+            engine.shutdown()
+
+    conc = {}
+    fast = configs["DLM τ=0.9 + prefix cache"][1]
+    targets = [("DLM τ=0.9 + prefix cache", args.dlm, fast)]
+    if args.ar:
+        targets.append(("AR + KV cache", args.ar, configs[label][1]))
+    for name, path, make in targets:
+        for mb in (1, args.concurrency):
+            engine = Engine.from_path(path, max_batch=mb)
+            with engine:
+                reqs = [make(it) for it in items]
+                t = time.perf_counter()
+                results = engine.generate_batch(reqs)
+                wall = time.perf_counter() - t
+            conc[(name, mb)] = summarize(items, results, wall=wall)
+            print(f"{name} max_batch={mb}: {conc[(name, mb)]}", file=sys.stderr, flush=True)
+
+    print(report(args, rows, conc, len(items)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "concurrency": {f"{k[0]} | {k[1]}": v for k, v in
+                                                                             conc.items()}}, indent=2))
+    return 0
+
+
+def report(args, rows: dict, conc: dict, n: int) -> str:
+    base = rows["DLM vanilla (1 token/step, no cache)"]
+    out = [f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+           f"Machine: {machine()}; shared with other jobs while it ran.", f"Task: {args.task}, {n} problems, "
+           f"span {args.span}, block {args.block}.", "",
+           "| config | exact match | TPF | tokens/s | × vanilla tokens/s | p50 latency (s) | p95 latency (s) |",
+           "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        out.append(f"| {name} | {r['em']:.3f} | {r['tpf']:.2f} | {r['tok_s']:.1f} | "
+                   f"{r['tok_s'] / base['tok_s']:.2f} | {r['p50']:.3f} | {r['p95']:.3f} |")
+    out += ["", f"Concurrency ({n} requests submitted at once; throughput = completion tokens / wall time):", "",
+            "| config | max_batch | tokens/s | × max_batch 1 | p50 latency (s) | p95 latency (s) |",
+            "|---|---|---|---|---|---|"]
+    for (name, mb), r in conc.items():
+        one = conc[(name, 1)]
+        out.append(f"| {name} | {mb} | {r['tok_s']:.1f} | {r['tok_s'] / one['tok_s']:.2f} | "
+                   f"{r['p50']:.3f} | {r['p95']:.3f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
