@@ -1,0 +1,163 @@
+"""A real `dcoder serve` (tiny random-weight model) scraped by the dashboard's queries and by a
+real Prometheus started from deploy/prometheus/prometheus.yml on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from deploy_testutil import (
+    DEPLOY,
+    PROMETHEUS_YML,
+    REPO,
+    contract_series_names,
+    dashboard_exprs,
+    dashboard_metric_names,
+    load_dashboard,
+    promql_metric_names,
+    require_tool,
+    substitute_grafana_vars,
+)
+
+API_KEY = "deploy-test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            result = predicate()
+            if result:
+                return result
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"{what}: not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _tiny_model_dir(out: Path) -> Path:
+    from coder.config import ModelConfig, RunConfig, TrainConfig
+    from coder.export import save_model_dir
+    from coder.model import build_model
+    from data_prep.tokenizer import train_bpe
+
+    tok = train_bpe(["def add(a, b):\n    return a + b\n", "print(add(1, 2))\n"] * 4, vocab_size=300,
+                    min_frequency=1)
+    model_cfg = ModelConfig(vocab_size=320, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128,
+                            max_seq_len=64, causal=False)
+    run_cfg = RunConfig(name="deploy-test", model=model_cfg, train=TrainConfig(objective="dlm", seq_len=64))
+    return save_model_dir(build_model(model_cfg), run_cfg, tok, out)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`dcoder serve` on 127.0.0.1 with an API key file; yields its base URL after real traffic."""
+    tmp = tmp_path_factory.mktemp("serve")
+    model_dir = _tiny_model_dir(tmp / "model")
+    key_file = tmp / "api_key"
+    key_file.write_text(API_KEY + "\n")
+    port = _free_port()
+    log = tmp / "serve.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as log_f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dcoder.cli", "serve", str(model_dir), "--host", "127.0.0.1", "--port",
+             str(port), "--api-key-file", str(key_file)], cwd=REPO, env=env, stdout=log_f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, "dcoder serve", proc, log)
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        model = httpx.get(f"{url}/v1/models", headers=auth, timeout=10).json()["data"][0]["id"]
+        # Traffic that fills every metric family: generations, an infill, a 401 and a 400.
+        r = httpx.post(f"{url}/v1/completions", headers=auth, timeout=30,
+                       json={"model": model, "prompt": "def add(a, b):", "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{url}/infill", headers=auth, timeout=30,
+                       json={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 4})
+        assert r.status_code == 200, r.text
+        assert httpx.post(f"{url}/infill", timeout=10, json={"input_prefix": "x"}).status_code == 401
+        assert httpx.post(f"{url}/v1/completions", headers=auth, timeout=10,
+                          json={"model": model, "prompt": "x", "max_tokens": -1}).status_code == 400
+        yield url
+    finally:
+        _stop(proc)
+
+
+def test_dashboard_and_alerts_use_metric_names_a_real_server_exports(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server}/metrics", timeout=10).text  # open without the key, like Prometheus
+    exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert contract_series_names() <= exported, sorted(contract_series_names() - exported)
+    assert dashboard_metric_names() <= exported, sorted(dashboard_metric_names() - exported)
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alert_names = set().union(*(promql_metric_names(r["expr"]) for g in alerts["groups"] for r in g["rules"]))
+    assert alert_names - {"up"} <= exported
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_dcoder_serve_and_answers_the_dashboard(server, tmp_path):
+    prometheus = require_tool("prometheus", "apt-get install prometheus; .ci/run installs it")
+    # The committed config, pointed at the test server, scraping every second.
+    cfg = yaml.safe_load(PROMETHEUS_YML.read_text())
+    cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    cfg["rule_files"] = [str(PROMETHEUS_YML.parent / f) for f in cfg["rule_files"]]
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "dcoder"]
+    job["static_configs"][0]["targets"] = [server.removeprefix("http://")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    port = _free_port()
+    log = tmp_path / "prometheus.log"
+    with open(log, "w") as log_f:
+        proc = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log_f, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> list:
+        body = httpx.get(f"{api}/query", params={"query": expr}, timeout=5).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    try:
+        up = _wait_for(lambda: query('up{job="dcoder"} == 1'), 60, "first scrape", proc, log)
+        assert up[0]["metric"]["instance"] == server.removeprefix("http://")
+        requests = query('sum by (route, status) (dcoder:requests_total{job="dcoder"})')
+        seen = {(r["metric"]["route"], r["metric"]["status"]) for r in requests}
+        assert {("/infill", "200"), ("/infill", "401"), ("/v1/completions", "400")} <= seen
+        names = set(httpx.get(f"{api}/label/__name__/values", timeout=5).json()["data"])
+        assert dashboard_metric_names() <= names, sorted(dashboard_metric_names() - names)
+        # Every dashboard query runs (rates need two scrapes, so only validity is checked here).
+        for expr in dashboard_exprs(load_dashboard()):
+            query(substitute_grafana_vars(expr))
+        assert float(query('dcoder:generation_tokens_total{job="dcoder"}')[0]["value"][1]) > 0
+        rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+        alerts = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+        assert set(alerts) == {"DcoderDown", "DcoderHighErrorRate", "DcoderSlowFirstToken", "DcoderQueueBacklog"}
+        _wait_for(lambda: all(r["health"] == "ok" for g in httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+                              for r in g["rules"]), 15, "rule evaluation", proc, log)
+    finally:
+        _stop(proc)
