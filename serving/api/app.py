@@ -101,5 +101,6 @@ def create_app(settings: ServerSettings, engine_factory: Callable[[], object] | 
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-Api-Key", "Content-Type"])
-    app.add_middleware(RequestCounter, metrics=app.state.metrics)
+    app.add_middleware(RequestCounter, metrics=app.state.metrics,
+                       known_paths=frozenset(getattr(r, "path", "") for r in app.routes))
     return app

@@ -17,8 +17,8 @@ from serving.api.metrics import Metrics
 
 
 class RequestCounter:
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str] = frozenset()):
+        self.app, self.metrics, self.known_paths = app, metrics, known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,7 +35,9 @@ class RequestCounter:
         finally:
             route = scope.get("route")
             # Only route templates become labels: unknown paths must not grow the label set.
-            label = getattr(route, "path", None) or "other"
+            label = getattr(route, "path", None)
+            if label is None:  # answered before routing (e.g. 413): a known path is still a template
+                label = scope["path"] if scope["path"] in self.known_paths else "other"
             self.metrics.requests.labels(route=label, status=str(status["code"])).inc()
 
 
