@@ -90,3 +90,34 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
             ]
         results.append(StepOutput(logits=logits[i, :t], kv=kv))
     return results
+
+
+def plan_groups(rows: list[StepInput], max_waste: float = 0.5) -> list[list[int]]:
+    """Split a tick's rows into forwards whose padding wastes at most `max_waste` of the tokens.
+
+    A DLM row refreshing its cache (the whole sequence) next to rows computing one block, or an
+    AR prefill next to single-token decodes, would otherwise pad every row to the longest one.
+    Rows are sorted by new-token count (longest first) and packed greedily; each group is one
+    padded forward. Every row still advances once per tick.
+    """
+    order = sorted(range(len(rows)), key=lambda i: -int(rows[i].ids.numel()))
+    groups: list[list[int]] = []
+    longest = total = 0
+    for i in order:
+        t = int(rows[i].ids.numel())
+        if groups and (len(groups[-1]) + 1) * longest <= (1 + max_waste) * (total + t):
+            groups[-1].append(i)
+            total += t
+        else:
+            groups.append([i])
+            longest = total = t
+    return groups
+
+
+def run_grouped(model: Transformer, rows: list[StepInput], max_waste: float = 0.5) -> list[StepOutput]:
+    """`run_batch` over `plan_groups(rows)`; outputs in row order."""
+    outs: list[StepOutput | None] = [None] * len(rows)
+    for group in plan_groups(rows, max_waste):
+        for i, out in zip(group, run_batch(model, [rows[i] for i in group]), strict=True):
+            outs[i] = out
+    return outs  # type: ignore[return-value]

@@ -12,6 +12,7 @@ Not handled: priorities or fairness beyond FIFO admission, preemption, several m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from collections import deque
 import torch
 
 from serving.engine.ar import ARSlot
-from serving.engine.batch import run_batch
+from serving.engine.batch import run_grouped
 from serving.engine.dlm import DLMSlot
 from serving.engine.slot import EventSink, ModelInfo, Slot, encode_context
 from serving.engine.types import (
@@ -136,9 +137,15 @@ class Engine:
             if len(self._waiting) + len(self._running) >= self.max_batch + self.max_queue:
                 raise EngineFull(f"{len(self._running)} running and {len(self._waiting)} waiting")
             self._ids.add(req.request_id)
+            slot.on_release = self._release
             self._waiting.append(slot)
             self._wake.notify_all()
         return req.request_id
+
+    def _release(self, request_id: str) -> None:
+        with self._lock:
+            self._ids.discard(request_id)
+            self._cancelled.discard(request_id)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a waiting or running request at the next tick; False if it is unknown/finished."""
@@ -168,6 +175,8 @@ class Engine:
             return on_event
 
         for i, req in enumerate(reqs):
+            # a copy with a fresh id: the caller's request objects stay reusable
+            req = dataclasses.replace(req, request_id=req.request_id or uuid.uuid4().hex)
             while True:
                 try:
                     self.submit(req, sink(i))
@@ -230,7 +239,7 @@ class Engine:
             for s in stepping:
                 s.mark_step(now)
             try:
-                outs = run_batch(self.model, rows)
+                outs = run_grouped(self.model, rows)
             except Exception as e:  # e.g. out of memory: fail this tick's requests, keep serving
                 log.exception("model step failed")
                 outs = None
@@ -245,11 +254,7 @@ class Engine:
                         log.exception("advance failed for %s", s.request_id)
                         s.finish("error", now, error=f"{type(e).__name__}: {e}")
         with self._lock:
-            gone = [s for s in self._running if s.finished is not None] + cancelled
             self._running = [s for s in self._running if s.finished is None]
-            for s in gone:
-                self._ids.discard(s.request_id)
-                self._cancelled.discard(s.request_id)
         return True
 
 

@@ -68,6 +68,7 @@ class Slot:
         self.stats = RequestStats(prompt_tokens=prompt_tokens)
         self.started = False
         self.finished: Finished | None = None
+        self.on_release: Callable[[str], None] | None = None  # engine hook: frees the request id
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator(device=info.device).manual_seed(seed)
         self.text = ""  # the completion so far (final tokens only, cut at a stop string)
@@ -134,6 +135,8 @@ class Slot:
         self.stream(final=True)
         self.stats.total_time_s = now - self.t_submit
         self.finished = Finished(self.request_id, self.text, reason, self.stats, error)
+        if self.on_release is not None:  # before the event, so the caller may reuse the id at once
+            self.on_release(self.request_id)
         self._send(self.finished)
 
     def _send(self, event: Delta | Finished) -> None:

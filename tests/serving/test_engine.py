@@ -155,3 +155,20 @@ def test_deadline_stops_ar_with_text_so_far(ar):
     with Engine(ar) as engine:
         res = engine.generate(GenerationRequest(prompt="a", max_tokens=200, deadline_s=0.0))
     assert res.finish_reason == "deadline" and res.stats.forward_passes == 0
+
+
+def test_a_request_object_can_be_resubmitted_right_after_it_finished(ar):
+    req = GenerationRequest(prompt="a", max_tokens=3)
+    with Engine(ar) as engine:
+        first = engine.generate(req)
+        again = engine.generate_batch([req, req])  # same object twice: each gets its own id
+    assert [f.text for f in again] == [first.text, first.text]
+
+
+def test_rows_of_very_different_lengths_go_to_separate_forwards():
+    from serving.engine.batch import StepInput, plan_groups
+
+    rows = [StepInput(torch.zeros(t, dtype=torch.long), torch.arange(t)) for t in (1, 200, 1, 1, 190, 5)]
+    groups = plan_groups(rows)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert [sorted(g) for g in groups] == [[1, 4], [5], [0, 2, 3]]
