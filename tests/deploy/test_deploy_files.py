@@ -11,6 +11,7 @@ from deploy_testutil import DEPLOY, REPO, require_tool
 
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
 SHELL_SCRIPTS = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".sh", ".sbatch"))
+SHELL_SCRIPTS += sorted((REPO / "tests" / "deploy" / "fake_slurm").iterdir())  # test stand-ins for Slurm
 DOCKERFILES = sorted(DEPLOY.glob("docker/Dockerfile.*"))
 
 
@@ -128,7 +129,7 @@ def test_dockerignore_keeps_build_context_small():
     assert "deploy/secrets" in ignored
 
 
-@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_shell_script_passes_shellcheck(path):
     shellcheck = require_tool("shellcheck", "apt-get install shellcheck; .ci/run installs it")
     out = subprocess.run([shellcheck, "--external-sources", str(path)], capture_output=True, text=True, timeout=60)
