@@ -1,0 +1,259 @@
+"""Run untrusted Python programs: one subprocess per program, in its own temp dir.
+
+Layers, strongest available first (`isolation()` says which applied on this machine):
+- `netns`: a new network namespace (no interfaces but a down loopback: sockets fail).
+- `pidns`: a new PID namespace; the program is PID 1 there, cannot see or signal host
+  processes (including the evaluator), and every process it forks dies with it.
+- `uid`: when the evaluator runs as root, the program runs as `nobody` (65534), so it cannot
+  write or delete files outside its temp dir and world-writable places such as /tmp.
+- always: rlimits via `prlimit` (CPU seconds, address space, file size, process count, no core
+  files), a wall-clock timeout that SIGKILLs the whole process group, stdin closed, a scrubbed
+  environment (no secrets: only PATH, LANG, HOME=temp dir), `python -I` (no user site, no
+  PYTHON* variables).
+
+Not handled: a new mount namespace (as `nobody` the program can still read world-readable files
+and write to /tmp); without root, no uid drop (the program runs as the caller, so only
+rlimits, the namespaces and the temp dir protect the caller's files); no seccomp filter. Run
+evaluation of untrusted models in a container as well.
+
+Everything is launched through `unshare`/`prlimit` command lines (util-linux) rather than a
+`preexec_fn`, so programs can be started from many threads at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["passed", "failed", "timeout", "error"]
+NOBODY = 65534
+_MESSAGE_CHARS = 400  # how much of stderr's tail is kept as the message
+
+
+@dataclass
+class Limits:
+    wall_s: float = 10.0  # wall-clock timeout for the whole program
+    cpu_s: int = 10  # RLIMIT_CPU (SIGXCPU, then SIGKILL)
+    memory_bytes: int = 4 << 30  # RLIMIT_AS (virtual memory, as EvalPlus uses)
+    file_bytes: int = 64 << 20  # RLIMIT_FSIZE: largest file the program may write
+    nproc: int = 64  # RLIMIT_NPROC: processes of the sandbox user (shared by concurrent programs)
+
+
+@dataclass
+class ExecResult:
+    status: Status
+    message: str  # "" when passed; the last exception line, "timed out after Ns", "killed by SIGKILL" ...
+    returncode: int | None
+    duration_s: float
+    stdout: str = ""  # tail only
+    files: dict[str, bytes] = field(default_factory=dict)  # requested output files from the temp dir
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run (no usable interpreter): a setup problem, not a program's fault."""
+
+    user_error = True
+
+
+@dataclass(frozen=True)
+class Isolation:
+    prefix: tuple[str, ...]  # command prefix before `prlimit`
+    python: str  # interpreter the sandbox user can execute
+    layers: tuple[str, ...]  # names of the layers that applied
+    nproc_base: int  # processes the sandbox uid already has (RLIMIT_NPROC counts them all)
+
+    def describe(self) -> str:
+        return "+".join(self.layers) or "rlimits-only"
+
+
+def _count_processes(uid: int) -> int:
+    n = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if d.stat().st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _probe(cmd: list[str]) -> bool:
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=20, cwd="/")
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and r.stdout.strip() == b"ok"
+
+
+@functools.cache
+def isolation(python: str | None = None) -> Isolation:
+    """Find the strongest isolation this machine allows (probed once per interpreter)."""
+    import sys
+
+    unshare, prlimit = shutil.which("unshare"), shutil.which("prlimit")
+    if prlimit is None:
+        raise SandboxError("the sandbox needs `prlimit` (util-linux) on PATH")
+    root = os.geteuid() == 0
+    candidates: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    if unshare:
+        ns = [unshare, "--net", "--pid", "--fork", "--kill-child"]
+        if root:
+            drop = ["--setuid", str(NOBODY), "--setgid", str(NOBODY)]
+            candidates.append((tuple(ns + drop + ["--"]), ("netns", "pidns", "uid")))
+        candidates.append((tuple(ns[:1] + ["--map-root-user"] + ns[1:] + ["--"]) if not root
+                           else tuple(ns + ["--"]), ("netns", "pidns")))
+    candidates.append(((), ()))
+    pythons = [python] if python else [sys.executable, shutil.which("python3", path="/usr/bin:/bin") or ""]
+    for prefix, layers in candidates:
+        for py in filter(None, pythons):
+            if _probe([*prefix, prlimit, "--core=0", "--", py, "-I", "-c", "print('ok')"]):
+                uid = NOBODY if "uid" in layers else os.geteuid()
+                return Isolation(prefix, py, layers, _count_processes(uid))
+    raise SandboxError(f"no interpreter runs in the sandbox (tried {', '.join(filter(None, pythons))})")
+
+
+def _scrubbed_env(home: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home,
+            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - n))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _message_from_stderr(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1].strip()[:_MESSAGE_CHARS] if lines else ""
+
+
+def run_program(
+    program: str,
+    *,
+    limits: Limits | None = None,
+    files: dict[str, bytes] | None = None,
+    argv: Iterable[str] = (),
+    collect: Iterable[str] = (),
+    python: str | None = None,
+) -> ExecResult:
+    """Run `program` (Python source) in a fresh temp dir; never raises for the program's faults.
+
+    `files` are written into the temp dir first; `collect` names files read back afterwards
+    (each at most `limits.file_bytes`). Outcome: passed (exit 0), failed (an AssertionError),
+    timeout (wall clock or CPU limit), error (any other exception, a crash or a kill).
+    """
+    limits = limits or Limits()
+    iso = isolation(python)
+    tmp = Path(tempfile.mkdtemp(prefix="dcoder-sbx-"))
+    try:
+        (tmp / "main.py").write_text(program)
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
+        out_path, err_path = tmp / ".stdout", tmp / ".stderr"
+        if "uid" in iso.layers:
+            for p in [tmp, *tmp.iterdir()]:
+                os.chown(p, NOBODY, NOBODY)
+        nproc = limits.nproc + (iso.nproc_base if "uid" not in iso.layers else 0)
+        cmd = [*iso.prefix, shutil.which("prlimit") or "prlimit",
+               f"--cpu={limits.cpu_s}", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
+               f"--nproc={nproc}", "--core=0", "--",
+               iso.python, "-I", "main.py", *argv]
+        t0 = time.monotonic()
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=tmp, env=_scrubbed_env(str(tmp)), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=limits.wall_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _kill_group(proc)
+        duration = time.monotonic() - t0
+        stderr = _tail(err_path, 4096)
+        stdout = _tail(out_path, 4096)
+        status, message = _classify(proc.returncode, timed_out, stderr, limits, duration)
+        collected = {}
+        for name in collect:
+            p = tmp / name
+            if p.is_file() and not p.is_symlink() and p.stat().st_size <= limits.file_bytes:
+                collected[name] = p.read_bytes()
+        return ExecResult(status, message, proc.returncode, duration, stdout, collected)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # The program may have forked; its session/process group is proc.pid (start_new_session).
+    # With the PID namespace, killing `unshare` also kills everything inside.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _classify(rc: int, timed_out: bool, stderr: str, limits: Limits, duration_s: float) -> tuple[Status, str]:
+    last = _message_from_stderr(stderr)
+    if timed_out:
+        return "timeout", f"timed out after {limits.wall_s:g}s wall clock"
+    if rc == 0:
+        return "passed", ""
+    # `unshare --fork` cannot always re-raise its child's fatal signal; it then exits 1 with its
+    # own message. A child killed that way after using up its CPU seconds hit RLIMIT_CPU.
+    killed_in_ns = last.startswith("unshare:") and "Traceback" not in stderr
+    if rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU) or (killed_in_ns and duration_s >= 0.9 * limits.cpu_s):
+        return "timeout", f"CPU limit of {limits.cpu_s}s exceeded"
+    if killed_in_ns:
+        return "error", "killed by a signal"
+    if rc < 0 or rc > 128:
+        sig = -rc if rc < 0 else rc - 128
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return "error", f"killed by {name}" + (f" ({last})" if last else "")
+    if last.startswith("AssertionError"):
+        return "failed", last
+    return "error", last or f"exit code {rc}"
+
+
+def run_many_jobs(
+    jobs: list[dict],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[int, ExecResult], None] | None = None,
+    python: str | None = None,
+) -> list[ExecResult]:
+    """Run `run_program(**job)` for every job, `workers` at a time; results in input order."""
+    workers = workers or os.cpu_count() or 1
+    isolation(python)  # probe once before the threads start
+    results: list[ExecResult | None] = [None] * len(jobs)
+
+    def one(i: int) -> None:
+        results[i] = run_program(**jobs[i], python=python)
+        if on_done:
+            on_done(i, results[i])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(one, i) for i in range(len(jobs))]:
+            f.result()
+    return results  # type: ignore[return-value]
+
+
+def run_many(programs: list[str], *, limits: Limits | None = None, workers: int | None = None,
+             python: str | None = None) -> list[ExecResult]:
+    """Run plain programs concurrently with the same limits; results in input order."""
+    return run_many_jobs([{"program": p, "limits": limits} for p in programs], workers=workers, python=python)
