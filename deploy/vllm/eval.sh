@@ -2,7 +2,7 @@
 # Evaluate a model behind any OpenAI-compatible /v1/completions server (vLLM, `dcoder serve`)
 # with dcoder's harness: the same tasks, sandbox and pass@k as the in-process evaluation.
 #   VLLM_API_KEY=... deploy/vllm/eval.sh http://127.0.0.1:8001 --tasks humaneval,mbpp --out runs/eval/vllm-ar
-# The key is handed to dcoder as OPENAI_API_KEY (the OpenAI client convention).
+# The key comes from VLLM_API_KEY (as for serve.sh) and is passed as `--api-key`.
 # Not handled through vLLM: the infilling tasks (vLLM's /v1/completions rejects `suffix`);
 # run them against `dcoder serve`, which answers `suffix` for both AR (FIM) and DLM models.
 set -euo pipefail
@@ -13,8 +13,9 @@ if [ "$#" -lt 1 ]; then
 fi
 url="$1"
 shift
-if [ -n "${VLLM_API_KEY:-}" ] && [ -z "${OPENAI_API_KEY:-}" ]; then
-  export OPENAI_API_KEY="$VLLM_API_KEY"
+key_args=()
+if [ -n "${VLLM_API_KEY:-}" ]; then
+  key_args=(--api-key "$VLLM_API_KEY")
 fi
 
-exec "${DCODER:-dcoder}" eval --model "$url" "$@"
+exec "${DCODER:-dcoder}" eval --model "$url" "${key_args[@]}" "$@"

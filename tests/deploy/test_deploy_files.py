@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -143,3 +145,33 @@ def test_python_dash_m_runs_the_cli(module):
                          timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "usage: dcoder" in out.stdout
+
+
+def _fake_vllm(tmp_path) -> dict:
+    """A `vllm` stand-in on PATH that prints the arguments serve.sh gives it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text('#!/bin/sh\necho "vllm $*"\n')
+    (bin_dir / "vllm").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_vllm_serve_recipe_serves_ar_export_on_loopback(tmp_path):
+    model = tmp_path / "ar"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    out = subprocess.run([str(DEPLOY / "vllm" / "serve.sh"), str(model), "--max-model-len", "2048"],
+                         env=_fake_vllm(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["vllm", "serve", str(model), "--served-model-name", "dcoder-ar", "--host",
+                                  "127.0.0.1", "--port", "8001", "--dtype", "auto", "--max-model-len", "2048"]
+
+
+def test_vllm_serve_recipe_refuses_the_dlm_export(tmp_path):
+    model = tmp_path / "dlm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_dcoder.DcoderModel"}}))
+    out = subprocess.run([str(DEPLOY / "vllm" / "serve.sh"), str(model)], env=_fake_vllm(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "DLM export" in out.stderr
+    assert "vllm serve" not in out.stdout

@@ -68,8 +68,8 @@ def _tiny_model_dir(out: Path) -> Path:
     tok = train_bpe(["def add(a, b):\n    return a + b\n", "print(add(1, 2))\n"] * 4, vocab_size=300,
                     min_frequency=1)
     model_cfg = ModelConfig(vocab_size=320, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128,
-                            max_seq_len=64, causal=False)
-    run_cfg = RunConfig(name="deploy-test", model=model_cfg, train=TrainConfig(objective="dlm", seq_len=64))
+                            max_seq_len=1024, causal=False)
+    run_cfg = RunConfig(name="deploy-test", model=model_cfg, train=TrainConfig(objective="dlm", seq_len=1024))
     return save_model_dir(build_model(model_cfg), run_cfg, tok, out)
 
 
@@ -161,3 +161,28 @@ def test_real_prometheus_scrapes_dcoder_serve_and_answers_the_dashboard(server, 
                               for r in g["rules"]), 15, "rule evaluation", proc, log)
     finally:
         _stop(proc)
+
+
+@pytest.mark.slow
+def test_vllm_eval_recipe_evaluates_an_openai_compatible_server(server, tmp_path):
+    # deploy/vllm/eval.sh speaks only OpenAI /v1/completions, so `dcoder serve` stands in for vLLM.
+    import importlib.util
+
+    if importlib.util.find_spec("eval.cli") is None:
+        pytest.skip("dcoder eval is not in this checkout yet")
+    data = Path(os.environ.get("DCODER_EVAL_DATA", REPO.parent / "shared" / "data"))
+    if not (data / "HumanEval.jsonl.gz").exists():
+        pytest.skip(f"no offline HumanEval copy in {data} (set DCODER_EVAL_DATA)")
+    script = str(DEPLOY / "vllm" / "eval.sh")
+    args = [server, "--tasks", "humaneval", "--limit", "2", "--max-tokens", "8", "--workers", "1",
+            "--data-dir", str(data), "--out", str(tmp_path / "eval")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env.pop("VLLM_API_KEY", None)
+    denied = subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert denied.returncode != 0 and "401" in denied.stderr
+    ok = subprocess.run([script, *args], env={**env, "VLLM_API_KEY": API_KEY}, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / "eval" / "summary.json").is_file()
+    samples = (tmp_path / "eval" / "samples_humaneval.jsonl").read_text().splitlines()
+    assert len(samples) == 2
