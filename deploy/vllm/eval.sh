@@ -3,7 +3,7 @@
 # with dcoder's harness: the same tasks, sandbox and pass@k as the in-process evaluation.
 #   VLLM_API_KEY=... deploy/vllm/eval.sh http://127.0.0.1:8001 --tasks humaneval,mbpp --out runs/eval/vllm-ar
 # The key comes from VLLM_API_KEY (as for serve.sh) and is passed as `--api-key`.
-# Not handled through vLLM: the infilling tasks (vLLM's /v1/completions rejects `suffix`);
+# Not handled through vLLM: the infilling tasks (vLLM's /v1/completions does not support `suffix`);
 # run them against `dcoder serve`, which answers `suffix` for both AR (FIM) and DLM models.
 set -euo pipefail
 

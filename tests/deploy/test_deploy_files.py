@@ -175,3 +175,9 @@ def test_vllm_serve_recipe_refuses_the_dlm_export(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "DLM export" in out.stderr
     assert "vllm serve" not in out.stdout
+
+
+def test_k8s_prometheus_rule_carries_the_compose_alerts():
+    rule = _k8s("prometheusrule.yaml")
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
