@@ -18,7 +18,7 @@ import re
 from collections import Counter
 
 _KEY_BLOCK = re.compile(
-    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----.*?-----END \1PRIVATE KEY\2-----", re.S
+    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK|)-----.*?-----END \1PRIVATE KEY\2-----", re.S
 )
 _TOKENS = [  # (kind, literal needles that every match contains, pattern)
     ("AWS_ACCESS_KEY_ID", ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA"),
