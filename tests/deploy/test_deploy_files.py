@@ -181,3 +181,15 @@ def test_k8s_prometheus_rule_carries_the_compose_alerts():
     rule = _k8s("prometheusrule.yaml")
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+
+
+@pytest.mark.parametrize("k8s_version", ["1.30.0", "1.37.0"])
+def test_k8s_core_manifests_validate_against_kubernetes_schemas(k8s_version):
+    # Strict: unknown fields fail too. Operator CRDs (ServiceMonitor, PrometheusRule) have no
+    # schema in kubernetes-validate; the consistency tests above cover them.
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+    for name in ("deployment.yaml", "service.yaml", "hpa.yaml", "pvc.yaml"):
+        try:
+            kv.validate(_k8s(name), k8s_version, strict=True)
+        except kv.ValidationError as e:
+            pytest.fail(f"{name} (Kubernetes {k8s_version}): {e.message}")
