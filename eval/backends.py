@@ -48,12 +48,34 @@ class EngineBackend:
         self.objective = self.engine.objective
         self.engine.start()
 
+    def fit(self, req: GenerationRequest) -> GenerationRequest:
+        """Cut a prompt that does not fit the context: the prefix from the left, the suffix from the
+        right (keeping the text next to the completion); max_tokens to at most half the context.
+        Tiny models (a 128-token context) can then still be scored on HumanEval-sized prompts."""
+        import dataclasses
+
+        ctx, tok = self.engine.max_context, self.engine.tokenizer
+        max_tokens = min(req.max_tokens, max(1, ctx // 2))
+        budget = ctx - max_tokens - 4  # <|endoftext|> and the FIM markers
+        prompt, suffix = tok.encode(req.prompt).ids, tok.encode(req.suffix).ids if req.suffix else []
+        if len(prompt) + len(suffix) <= budget and max_tokens == req.max_tokens:
+            return req
+        keep_suffix = min(len(suffix), budget // 2) if suffix else 0
+        while True:
+            keep_prompt = max(1, budget - keep_suffix)
+            p = tok.decode(prompt[-keep_prompt:])
+            s = tok.decode(suffix[:keep_suffix]) if req.suffix is not None else None
+            # decode → re-encode may change the count: shrink until it really fits
+            if self.engine.count_tokens(p) + (self.engine.count_tokens(s) if s else 0) <= budget or budget < 2:
+                return dataclasses.replace(req, prompt=p, suffix=s, max_tokens=max_tokens)
+            budget -= 2
+
     def generate(self, reqs: list[GenerationRequest], on_done: Callable[[int], None] | None = None) -> list[str]:
         out: list[str] = []
         # Chunks no larger than the queue so submit() never refuses; the engine batches inside.
         chunk = 32
         for i in range(0, len(reqs), chunk):
-            for f in self.engine.generate_batch(reqs[i : i + chunk]):
+            for f in self.engine.generate_batch([self.fit(r) for r in reqs[i : i + chunk]]):
                 if f.finish_reason == "error":
                     raise BackendError(f"engine error: {f.error}")
                 out.append(f.text)
@@ -80,6 +102,7 @@ class HttpBackend:
         self.concurrency = concurrency
         self.name = model or self._first_model()
         self.objective = "unknown"
+        self.too_long = 0  # prompts the server refused as longer than its context
 
     def _first_model(self) -> str:
         import httpx
@@ -104,6 +127,9 @@ class HttpBackend:
             r = self.client.post("/v1/completions", json=body)
         except httpx.HTTPError as e:
             raise BackendError(f"{self.base_url}/v1/completions: {type(e).__name__}: {e}") from None
+        if r.status_code == 400 and "context" in r.text:
+            self.too_long += 1  # the server's model cannot take this prompt: scored as a failure
+            return ""
         if r.status_code != 200:
             raise BackendError(f"{self.base_url}/v1/completions: HTTP {r.status_code}: {r.text[:200]}")
         return truncate_at_stop(r.json()["choices"][0]["text"], req.stop)
