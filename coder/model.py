@@ -150,8 +150,13 @@ class Transformer(nn.Module):
         attn_mask: Tensor | None = None,  # bool (B or 1, 1, T, S+T), True = may attend
         past_kv: list[KV] | None = None,  # per layer, from an earlier call with use_cache=True
         use_cache: bool = False,
+        logits_at: Tensor | None = None,  # (B, K) long: only these of the T positions get logits
     ) -> Tensor | tuple[Tensor, list[KV]]:
         """Logits (B, T, vocab) in float32; with `use_cache` also the per-layer KV (past + new).
+
+        With `logits_at` the logits are (B, K, vocab) for those positions only: decoding needs a
+        few rows (AR: the last token; DLM: the current block), and the LM head is a large share
+        of a small model's compute.
 
         Masking: an explicit `attn_mask` wins. Otherwise causal (AR) or full (DLM) attention over
         past + new tokens, restricted to the same document when `doc_ids` is given.
@@ -184,6 +189,8 @@ class Transformer(nn.Module):
                 x, kv = layer(x, cos, sin, mask, is_causal, past)
             if use_cache:
                 new_kv.append(kv)
+        if logits_at is not None:
+            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, d_model)
         logits = self.lm_head(self.model.norm(x)).float()
         return (logits, new_kv) if use_cache else logits
 
