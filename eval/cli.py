@@ -50,6 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output dir (samples_*.jsonl, summary.json, results.md)")
     p.set_defaults(func=run_eval)
 
+    m = sub.add_parser("eval-memorization", help="memorization audit: training-data and benchmark regurgitation")
+    m.add_argument("--model", required=True, help="model dir or run dir")
+    m.add_argument("--data-dir", required=True, help="the training data dir (`dcoder prep` output)")
+    m.add_argument("--prompts", type=int, default=100)
+    m.add_argument("--prompt-tokens", type=int, default=32)
+    m.add_argument("--max-tokens", type=int, default=64)
+    m.add_argument("--min-tokens", type=int, default=50, help="consecutive training tokens that count as memorized")
+    m.add_argument("--eval-data-dir", help="benchmark files for the solution check (default: as `dcoder eval`)")
+    m.add_argument("--samples", nargs="*", default=[], help="eval samples_*.jsonl to check for benchmark solutions too")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--out", help="write the audit JSON here")
+    m.set_defaults(func=run_memorization)
+
     c = sub.add_parser("eval-compare", help="AR vs DLM evaluation side by side for a pair run dir")
     c.add_argument("pair_dir", help="a pair dir with ar/ and dlm/ (run dirs or eval out dirs)")
     c.add_argument("--out", help="write the Markdown here (default: PAIR_DIR/comparison.md)")
@@ -176,4 +189,22 @@ def run_compare(args) -> int:
     out = Path(args.out) if args.out else Path(args.pair_dir) / "comparison.md"
     out.write_text(text)
     print(text)
+    return 0
+
+
+def run_memorization(args) -> int:
+    import json
+
+    from coder.export import load_model
+    from eval.memorization import audit
+
+    extra = [str(r.get("completion", "")) for f in args.samples for r in _read_samples(f)]
+    result = audit(load_model(args.model, device=args.device), args.data_dir, prompts=args.prompts,
+                   prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, min_tokens=args.min_tokens,
+                   eval_data_dir=args.eval_data_dir, extra_texts=extra)
+    if args.out:
+        from data_prep.format import atomic_write_json
+
+        atomic_write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "benchmark_hits")}, indent=2))
     return 0
