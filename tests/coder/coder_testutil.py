@@ -55,3 +55,25 @@ def make_data_dir(path, tokenizer, n_docs: int = 40, seq_len: int = 32, val_docs
         "documents": {"train": n_docs, "val": val_docs},
     })
     return path
+
+
+# `dcoder train` flags for a 2-layer model on make_data_dir's data (one second per few steps)
+TINY_SETS = ["model.vocab_size=320", "model.n_layers=2", "model.d_model=64", "model.d_ff=128",
+             "model.n_heads=4", "model.n_kv_heads=2", "model.max_seq_len=32", "seq_len=32",
+             "global_batch=4", "micro_batch=4", "log_every=1", "warmup_steps=2", "lr=3e-3"]
+
+
+def cli_sets(*extra: str) -> list[str]:
+    out = []
+    for s in [*TINY_SETS, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    """step -> loss of the train lines of a run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["type"] == "train"}
