@@ -10,7 +10,9 @@ and S_i cached keys) and runs them as one padded forward:
 Row i attends to its own S_i cached keys and its own T_i new tokens (all of them for the DLM,
 causally for AR); padded keys are masked out, so they contribute exactly zero to the softmax.
 Padded query rows attend only to themselves (an all-False row would make SDPA return NaN) and
-their outputs are dropped. Not handled: paged or shared KV memory (each row's cache is its own
+their outputs are dropped. When every row has the same shape no mask is passed at all (the
+model's own causal/full attention, and SDPA's fused kernels). Only the requested logit rows are
+computed (`logits_at`). Not handled: paged or shared KV memory (each row's cache is its own
 tensor, restacked per tick), chunked prefill (a long prompt pads every row of its tick).
 """
 
@@ -31,11 +33,13 @@ class StepInput:
     past: list[KV] | None = None  # per layer (k, v), each (1, H_kv, S, D); None = no cache
     causal: bool = False  # causal among the new tokens (AR); the past is always fully visible
     want_kv: bool = False  # return this row's KV (past + new) for caching
+    logits_from: int = 0  # logits are needed for new tokens [logits_from, logits_to) only
+    logits_to: int | None = None  # None: up to the last new token
 
 
 @dataclass
 class StepOutput:
-    logits: Tensor  # (T, vocab) float32
+    logits: Tensor  # (logits_to - logits_from, vocab) float32
     kv: list[KV] | None  # per layer (1, H_kv, S+T, D) when the row asked for it
 
 
@@ -49,17 +53,26 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
     lens_past = [int(r.past[0][0].shape[2]) if r.past else 0 for r in rows]
     S = max(lens_past)
 
+    spans = [(r.logits_from, r.logits_to if r.logits_to is not None else t) for r, t in zip(rows, lens_new, strict=True)]
+    K = max(b - a for a, b in spans)
+    # (B, K): wanted positions, short rows repeat their last one (dropped below)
+    logits_at = torch.stack([a + torch.arange(K, device=device).clamp(max=b - a - 1) for a, b in spans])
+
     input_ids = torch.zeros(B, T, dtype=torch.long, device=device)
     positions = torch.zeros(B, T, dtype=torch.long, device=device)
-    mask = torch.zeros(B, 1, T, S + T, dtype=torch.bool, device=device)
-    tri = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
+    for i, (r, t) in enumerate(zip(rows, lens_new, strict=True)):
         input_ids[i, :t] = r.ids
         positions[i, :t] = r.positions
-        mask[i, 0, :t, :s] = True
-        mask[i, 0, :t, S : S + t] = tri[:t, :t] if r.causal else True
-        pad = torch.arange(t, T, device=device)
-        mask[i, 0, pad, S + pad] = True  # padded queries see themselves only (avoids NaN rows)
+    mask = None
+    uniform = len(set(lens_new)) == 1 and len(set(lens_past)) == 1
+    if not (uniform and all(r.causal == model.config.causal for r in rows)):
+        mask = torch.zeros(B, 1, T, S + T, dtype=torch.bool, device=device)
+        tri = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
+            mask[i, 0, :t, :s] = True
+            mask[i, 0, :t, S : S + t] = tri[:t, :t] if r.causal else True
+            pad = torch.arange(t, T, device=device)
+            mask[i, 0, pad, S + pad] = True  # padded queries see themselves only (avoids NaN rows)
 
     past = None
     if S:
@@ -75,7 +88,8 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
             past.append((k, v))
 
     want_kv = any(r.want_kv for r in rows)
-    out = model(input_ids, positions=positions, attn_mask=mask, past_kv=past, use_cache=want_kv)
+    out = model(input_ids, positions=positions, attn_mask=mask, past_kv=past, use_cache=want_kv,
+                logits_at=logits_at)
     logits, new_kv = out if want_kv else (out, None)
 
     results = []
@@ -88,7 +102,8 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
                  torch.cat([v[i : i + 1, :, :s], v[i : i + 1, :, S : S + t]], dim=2))
                 for k, v in new_kv
             ]
-        results.append(StepOutput(logits=logits[i, :t], kv=kv))
+        a, b = spans[i]
+        results.append(StepOutput(logits=logits[i, : b - a], kv=kv))
     return results
 
 

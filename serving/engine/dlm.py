@@ -68,15 +68,18 @@ class DLMSlot(Slot):
             self.mode = "refresh"
         else:
             self.mode = "block" if self.p.cache_suffix else "tail"
-        if self.mode in ("full", "deadline", "refresh"):
-            return StepInput(self.x, self.positions, want_kv=self.mode == "refresh")
         bs, be = self.block_span()
+        if self.mode == "deadline":  # logits for the whole canvas
+            return StepInput(self.x, self.positions, logits_from=self.Lp, logits_to=self.Lp + self.G)
+        if self.mode in ("full", "refresh"):
+            return StepInput(self.x, self.positions, want_kv=self.mode == "refresh", logits_from=bs,
+                             logits_to=be)
         end = be if self.mode == "block" else self.x.numel()
-        return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached)
+        return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached, logits_to=be - bs)
 
     def advance(self, out: StepOutput, now: float) -> None:
         bs, be = self.block_span()
-        offset = bs if self.mode in ("tail", "block") else 0  # sequence index of logits row 0
+        offset = self.Lp if self.mode == "deadline" else bs  # sequence index of logits row 0
         if self.mode == "refresh":
             # keep keys/values of the prompt and committed blocks (and, dual cache, of the
             # later blocks + suffix); each (1, H_kv, S, D)
@@ -89,7 +92,7 @@ class DLMSlot(Slot):
 
         if self.mode == "deadline":
             todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # every mask left, argmax
-            self._commit(todo, logits[todo].argmax(-1), now)
+            self._commit(todo, logits[todo - offset].argmax(-1), now)
             self._finish_if_done(now, reason_if_done="deadline", force=True)
             return
 
