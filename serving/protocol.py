@@ -30,6 +30,10 @@ MAX_N = 8  # choices per prompt
 MAX_PROMPTS = 8  # prompts per /v1/completions request
 MAX_CHOICES = 16  # prompts x n
 MAX_EXTRA_CHUNKS = 64  # /infill input_extra entries
+# Below these, sampling is greedy: logits / 1e-300 overflow to inf (softmax → NaN), and a top_p
+# under float32's smallest subnormal rounds to 0 and would drop every token.
+MIN_TEMPERATURE = 1e-3
+MIN_TOP_P = 1e-6
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 StopWord = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -43,6 +47,13 @@ class UnsupportedOption(ValueError):
     def __init__(self, param: str, message: str):
         super().__init__(message)
         self.param = param
+
+
+def sampling(temperature: float, top_p: float) -> tuple[float, float]:
+    """(temperature, top_p) for the engine: greedy (0, 1) when either is below its minimum."""
+    if temperature < MIN_TEMPERATURE or top_p < MIN_TOP_P:
+        return 0.0, 1.0
+    return temperature, top_p
 
 
 def _stop_list(v: str | list[str] | None) -> list[str]:
@@ -106,7 +117,7 @@ class CompletionRequest(DLMKnobs):
         ..., description="Text before the completion; a list asks for one completion per prompt.")
     suffix: Text | None = Field(None, description="Text after the completion: the request becomes an infill.")
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy.")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 (or below 1e-3) = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=1_000_000, description="Extension (as vLLM): 0 = off.")
     n: int = Field(1, ge=1, le=MAX_N)
@@ -216,7 +227,7 @@ class FIMRequest(DLMKnobs):
     suffix: Text = Field("", description="Code after the cursor.")
     max_tokens: int = Field(64, ge=1, le=MAX_TOKENS)
     min_tokens: int | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (or below 1e-3) = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: StopWord | list[StopWord] | None = None
     stream: bool = False
@@ -288,7 +299,7 @@ class InfillRequest(DLMKnobs):
     input_extra: list[ExtraChunk] = Field(default_factory=list, max_length=MAX_EXTRA_CHUNKS)
     prompt: Text = ""
     n_predict: int = Field(-1, ge=-1, le=MAX_TOKENS, description="-1 = up to the server's default.")
-    temperature: float = Field(0.8, ge=-10.0, le=10.0, description="<= 0 = greedy.")
+    temperature: float = Field(0.8, ge=-10.0, le=10.0, description="Below 1e-3 (or <= 0) = greedy.")
     top_k: int = Field(40, ge=0, le=1_000_000, description="0 = off.")
     top_p: float = Field(0.95, ge=0.0, le=1.0, description="0 = greedy.")
     stop: list[StopWord] = Field(default_factory=list, max_length=MAX_STOP)

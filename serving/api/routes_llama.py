@@ -26,7 +26,7 @@ from serving.api.errors import APIError
 from serving.api.generation import ClientDisconnected, Generation, cancel_on_disconnect, submit_all
 from serving.api.security import require_api_key
 from serving.engine.types import Delta, Finished, GenerationRequest, PromptTooLong
-from serving.protocol import InfillRequest, InfillResponse, InfillTimings
+from serving.protocol import InfillRequest, InfillResponse, InfillTimings, sampling
 
 log = logging.getLogger("dcoder.serve")
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["llama.cpp"])
@@ -91,14 +91,14 @@ async def infill(body: InfillRequest, request: Request, engine=Depends(get_engin
     deadline = settings.request_timeout_s
     if body.t_max_predict_ms:
         deadline = min(deadline, body.t_max_predict_ms / 1000)
-    greedy = body.temperature <= 0 or body.top_p <= 0
+    temperature, top_p = sampling(body.temperature, body.top_p)
     loop = asyncio.get_running_loop()
     gen = None
     for shrink in (1.0, 0.75, 0.5):  # the engine's layout may need more room than RESERVED_TOKENS
         prefix, suffix, truncated = await loop.run_in_executor(None, _fit, engine, body, n_predict, shrink)
         req = GenerationRequest(
             prompt=prefix, suffix=suffix or None, max_tokens=n_predict,
-            temperature=0.0 if greedy else body.temperature, top_p=body.top_p if body.top_p > 0 else 1.0,
+            temperature=temperature, top_p=top_p,
             top_k=body.top_k, stop=list(body.stop), seed=None if body.seed < 0 else body.seed,
             deadline_s=deadline, stream=body.stream, dlm=body.dlm_params())
         try:

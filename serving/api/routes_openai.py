@@ -37,6 +37,7 @@ from serving.protocol import (
     ModelCard,
     ModelList,
     Usage,
+    sampling,
 )
 
 log = logging.getLogger("dcoder.serve")
@@ -64,11 +65,12 @@ async def list_models(engine=Depends(get_engine)) -> ModelList:
 
 def _completion_requests(body: CompletionRequest, timeout_s: float) -> list[GenerationRequest]:
     reqs = []
+    temperature, top_p = sampling(body.temperature, body.top_p)
     for prompt in body.prompts:
         for j in range(body.n):
             reqs.append(GenerationRequest(
                 prompt=prompt, suffix=body.suffix, max_tokens=body.max_tokens,
-                temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, stop=body.stop_list,
+                temperature=temperature, top_p=top_p, top_k=body.top_k, stop=body.stop_list,
                 seed=None if body.seed is None else (body.seed + j) % 2**63,
                 deadline_s=timeout_s, stream=body.stream, dlm=body.dlm_params()))
     return reqs
@@ -143,8 +145,9 @@ async def _stream_completion(gen: Generation, body: CompletionRequest, rid: str,
 async def fim_completions(body: FIMRequest, request: Request, engine=Depends(get_engine)):
     """Codestral-style FIM (Continue): `prompt` before the cursor, `suffix` after it."""
     model = check_model(engine, body.model)
+    temperature, top_p = sampling(body.temperature, body.top_p)
     req = GenerationRequest(prompt=body.prompt, suffix=body.suffix, max_tokens=body.max_tokens,
-                            temperature=body.temperature, top_p=body.top_p, stop=body.stop_list,
+                            temperature=temperature, top_p=top_p, stop=body.stop_list,
                             seed=body.random_seed, deadline_s=_timeout(request), stream=body.stream,
                             dlm=body.dlm_params())
     gen = await submit_all(engine, request.app.state.metrics, [req], _grace(request))

@@ -98,3 +98,11 @@ def test_logprobs_is_a_clear_400(dlm_server):
 def test_unknown_model_is_404(dlm_server):
     with pytest.raises(openai.NotFoundError, match="not served"):
         _client(dlm_server).completions.create(model="gpt-4", prompt="x")
+
+
+def test_vanishing_temperature_or_top_p_is_greedy_not_a_500(dlm_server):
+    client = _client(dlm_server)
+    kw = dict(model=dlm_server.engine.model_name, prompt="import os\n", max_tokens=6)
+    greedy = client.completions.create(temperature=0, **kw).choices[0].text
+    assert client.completions.create(temperature=1e-300, **kw).choices[0].text == greedy
+    assert client.completions.create(temperature=1.0, top_p=1e-323, **kw).choices[0].text == greedy
