@@ -1,5 +1,6 @@
-"""A real `dcoder serve` (tiny random-weight model) scraped by the dashboard's queries and by a
-real Prometheus started from deploy/prometheus/prometheus.yml on loopback."""
+"""A real dcoder server (tiny random-weight model): its /metrics against the dashboard and alerts
+(in-process app, fast), then `dcoder serve` on loopback scraped by a real Prometheus started from
+deploy/prometheus/prometheus.yml, and evaluated through the vLLM recipe's eval.sh (slow)."""
 
 from __future__ import annotations
 
@@ -73,11 +74,29 @@ def _tiny_model_dir(out: Path) -> Path:
     return save_model_dir(build_model(model_cfg), run_cfg, tok, out)
 
 
+def _send_traffic(client: httpx.Client) -> None:
+    """Requests that fill every metric family: generations, an infill, a 401 and a 400."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    model = client.get("/v1/models", headers=auth).json()["data"][0]["id"]
+    r = client.post("/v1/completions", headers=auth, json={"model": model, "prompt": "def add(a, b):", "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    r = client.post("/infill", headers=auth,
+                    json={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 4})
+    assert r.status_code == 200, r.text
+    assert client.post("/infill", json={"input_prefix": "x"}).status_code == 401
+    assert client.post("/v1/completions", headers=auth,
+                       json={"model": model, "prompt": "x", "max_tokens": -1}).status_code == 400
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
     """`dcoder serve` on 127.0.0.1 with an API key file; yields its base URL after real traffic."""
     tmp = tmp_path_factory.mktemp("serve")
-    model_dir = _tiny_model_dir(tmp / "model")
     key_file = tmp / "api_key"
     key_file.write_text(API_KEY + "\n")
     port = _free_port()
@@ -90,27 +109,28 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, "dcoder serve", proc, log)
-        auth = {"Authorization": f"Bearer {API_KEY}"}
-        model = httpx.get(f"{url}/v1/models", headers=auth, timeout=10).json()["data"][0]["id"]
-        # Traffic that fills every metric family: generations, an infill, a 401 and a 400.
-        r = httpx.post(f"{url}/v1/completions", headers=auth, timeout=30,
-                       json={"model": model, "prompt": "def add(a, b):", "max_tokens": 4})
-        assert r.status_code == 200, r.text
-        r = httpx.post(f"{url}/infill", headers=auth, timeout=30,
-                       json={"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n", "n_predict": 4})
-        assert r.status_code == 200, r.text
-        assert httpx.post(f"{url}/infill", timeout=10, json={"input_prefix": "x"}).status_code == 401
-        assert httpx.post(f"{url}/v1/completions", headers=auth, timeout=10,
-                          json={"model": model, "prompt": "x", "max_tokens": -1}).status_code == 400
+        with httpx.Client(base_url=url, timeout=30) as client:
+            _send_traffic(client)
         yield url
     finally:
         _stop(proc)
 
 
-def test_dashboard_and_alerts_use_metric_names_a_real_server_exports(server):
+def test_dashboard_and_alerts_use_metric_names_a_real_server_exports(model_dir):
+    # The serve command's app, in process (no uvicorn start-up: the fast suite shares 2 cores).
+    from fastapi.testclient import TestClient
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{server}/metrics", timeout=10).text  # open without the key, like Prometheus
+    from serving.api import ServerSettings, create_app
+
+    app = create_app(ServerSettings(model_path=str(model_dir), api_key=API_KEY))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health").text
+            time.sleep(0.1)
+        _send_traffic(client)
+        text = client.get("/metrics").text  # open without the key, like Prometheus
     exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     assert contract_series_names() <= exported, sorted(contract_series_names() - exported)
     assert dashboard_metric_names() <= exported, sorted(dashboard_metric_names() - exported)
