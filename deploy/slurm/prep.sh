@@ -34,6 +34,10 @@ if ! command -v sbatch > /dev/null; then
 fi
 
 dcoder_bin="${DCODER:-dcoder}"
+if ! command -v "$dcoder_bin" > /dev/null; then
+  echo "$0: $dcoder_bin not found: activate dcoder's venv or set DCODER=/path/to/venv/bin/dcoder" >&2
+  exit 2
+fi
 venv="${DCODER_VENV:-$(dirname "$(dirname "$(command -v "$dcoder_bin")")")}"
 opts=(
   --executor-opt "partition=$PREP_PARTITION"

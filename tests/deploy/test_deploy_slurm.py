@@ -98,7 +98,7 @@ def test_train_sbatch_runs_torchrun_rendezvous_under_srun(slurm_data, tmp_path):
     assert f"rendezvous at 127.0.0.1:{port}" in out.stdout
     assert "world 2" in out.stdout + out.stderr  # both ranks joined the rendezvous
     (srun_call,) = (fake_dir / "srun.log").read_text().splitlines()
-    assert "--nodes=1 --ntasks-per-node=1" in srun_call
+    assert "--nodes=1 --ntasks-per-node=1 --cpus-per-task=2" in srun_call
     assert f"--rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{port}" in srun_call
     assert "--nproc-per-node 2" in srun_call and "-m dcoder.cli train" in srun_call
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_0000002"]
