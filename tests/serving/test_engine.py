@@ -172,3 +172,23 @@ def test_rows_of_very_different_lengths_go_to_separate_forwards():
     groups = plan_groups(rows)
     assert sorted(i for g in groups for i in g) == list(range(6))
     assert [sorted(g) for g in groups] == [[1, 4], [5], [0, 2, 3]]
+
+
+def test_ar_infill_uses_a_psm_prompt_only_when_trained_with_fim(ar, tmp_path):
+    from serving.engine.slot import encode_context
+
+    fim = make_loaded(tmp_path, "ar", init_std=0.3, fim_rate=0.5)
+    req = GenerationRequest(prompt="def f(x):\n", suffix="    return y\n", max_tokens=10)
+    sp = fim.special_ids
+    with Engine(fim) as engine:
+        context, suffix = encode_context(req, engine.info, "ar")
+        res = engine.generate(req)
+    pre, suf = fim.tokenizer.encode(req.prompt).ids, fim.tokenizer.encode(req.suffix).ids
+    assert context == [sp["<|endoftext|>"], sp["<|fim_prefix|>"], *pre, sp["<|fim_suffix|>"], *suf,
+                       sp["<|fim_middle|>"]]
+    assert suffix == [] and res.stats.prompt_tokens == len(context)
+    # without FIM training the suffix cannot be used: the prefix is continued as is
+    with Engine(ar) as engine:
+        with_suffix = engine.generate(req)
+        without = engine.generate(GenerationRequest(prompt=req.prompt, max_tokens=10))
+    assert with_suffix.text == without.text
