@@ -61,6 +61,19 @@ def test_compose_wires_server_prometheus_and_grafana():
             assert port.startswith("127.0.0.1:"), port
 
 
+def test_compose_gpu_overlay_serves_on_cuda_with_the_same_interface():
+    base = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["dcoder"]
+    gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())["services"]
+    assert set(gpu) == {"dcoder"}
+    server = gpu["dcoder"]
+    assert (REPO / server["build"]["dockerfile"]).is_file()
+    cmd = server["command"]
+    assert cmd[0] == "dcoder" and cmd[1:len(base["command"]) + 1] == base["command"]  # same args, then GPU ones
+    assert cmd[cmd.index("--device") + 1] == "cuda"
+    (device,) = server["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
+
+
 def test_k8s_deployment_probes_health_and_reads_key_from_secret():
     dep = _k8s("deployment.yaml")
     pod = dep["spec"]["template"]
