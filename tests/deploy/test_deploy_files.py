@@ -247,3 +247,13 @@ def test_k8s_core_manifests_validate_against_kubernetes_schemas(k8s_version):
             kv.validate(_k8s(name), k8s_version, strict=True)
         except kv.ValidationError as e:
             pytest.fail(f"{name} (Kubernetes {k8s_version}): {e.message}")
+
+
+def test_compose_files_validate_against_the_compose_spec_schema():
+    # The Compose Specification's JSON schema (vendored by check-jsonschema): catches unknown keys
+    # and wrong shapes; `docker compose config` would also resolve the merge, which needs Docker.
+    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (dev extra)")
+    out = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                          str(DEPLOY / "compose.yaml"), str(DEPLOY / "compose.gpu.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
