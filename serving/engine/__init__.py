@@ -7,6 +7,7 @@ prefix KV cache, infilling, and a step-granular continuous-batching scheduler.
 """
 
 from serving.engine.engine import Engine
+from serving.engine.length_search import generate_with_length_search
 from serving.engine.types import (
     Delta,
     DLMParams,
@@ -20,5 +21,5 @@ from serving.engine.types import (
 
 __all__ = [
     "DLMParams", "Delta", "Engine", "EngineFull", "Finished", "GenerationRequest", "InvalidRequest",
-    "PromptTooLong", "RequestStats",
+    "PromptTooLong", "RequestStats", "generate_with_length_search",
 ]

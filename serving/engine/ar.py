@@ -20,6 +20,7 @@ class ARSlot(Slot):
         self.context = torch.tensor(context, dtype=torch.long, device=info.device)
         self.generated: list[int] = []
         self.kv = None  # per layer (1, H_kv, S, D) after the prefill
+        self.logprob_sum = 0.0
         # tokens an AR model must never emit (they mean nothing to it as output)
         self.banned = self.banned_logits_mask([MASK, PAD, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE])
 
@@ -40,7 +41,10 @@ class ARSlot(Slot):
         self.kv = out.kv
         logits = out.logits[-1:].masked_fill(self.banned, float("-inf"))  # (1, V)
         r = self.req
-        tok = int(choose_tokens(logits, r.temperature, r.top_k, r.top_p, self.generator)[0][0])
+        tokens, probs, _ = choose_tokens(logits, r.temperature, r.top_k, r.top_p, self.generator)
+        tok = int(tokens[0])
+        self.logprob_sum += float(torch.log(probs[0]))
+        self.stats.mean_token_logprob = self.logprob_sum / (len(self.generated) + 1)
         if tok in self.eos_ids:
             self.finish("stop", now)
             return

@@ -47,6 +47,7 @@ class DLMSlot(Slot):
         self.x = torch.tensor(ids, dtype=torch.long, device=info.device)  # (L,)
         self.positions = torch.arange(len(ids), device=info.device)
         self.committed = torch.zeros(self.G, dtype=torch.bool, device=info.device)  # canvas only
+        self.logp = torch.zeros(self.G, device=info.device)  # log-probability of each commit
         self.block = 0
         self.step_in_block = 0
         self.schedule: list[int] | None = None  # tokens per step for this block (fixed-steps policies)
@@ -92,7 +93,8 @@ class DLMSlot(Slot):
 
         if self.mode == "deadline":
             todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # every mask left, argmax
-            self._commit(todo, logits[todo - offset].argmax(-1), now)
+            p, tok = torch.softmax(logits[todo - offset], -1).max(-1)
+            self._commit(todo, tok, p, now)
             self._finish_if_done(now, reason_if_done="deadline", force=True)
             return
 
@@ -110,7 +112,7 @@ class DLMSlot(Slot):
             k_min = todo.numel()
         scores = commit_order_scores(self.p.remasking, token_probs, probs, self.generator)
         pick = select_commits(self.p.remasking, scores, token_probs, self.p.threshold, k_min)
-        self._commit(todo[pick], tokens[pick], now)
+        self._commit(todo[pick], tokens[pick], token_probs[pick], now)
         self.step_in_block += 1
         block_done = bool(self.committed[bs - self.Lp : be - self.Lp].all())
         if block_done:
@@ -119,11 +121,12 @@ class DLMSlot(Slot):
         if not self._finish_if_done(now) and block_done:
             self.stream()
 
-    def _commit(self, seq_idx: torch.Tensor, tokens: torch.Tensor, now: float) -> None:
+    def _commit(self, seq_idx: torch.Tensor, tokens: torch.Tensor, probs: torch.Tensor, now: float) -> None:
         if seq_idx.numel() and self.stats.time_to_first_commit_s == 0.0:
             self.stats.time_to_first_commit_s = now - self.t_submit
         self.x[seq_idx] = tokens
         self.committed[seq_idx - self.Lp] = True
+        self.logp[seq_idx - self.Lp] = torch.log(probs.clamp_min(1e-30))
 
     def _finish_if_done(self, now: float, reason_if_done: str = "length", force: bool = False) -> bool:
         """Update the output; finish when the text can no longer change. True if finished."""
@@ -133,6 +136,9 @@ class DLMSlot(Slot):
         end = next((i for i, t in enumerate(final) if t in self.eos_ids), None)
         if end is not None:
             final = final[:end]
+        scored = frontier if end is None else end + 1  # the output and its end token
+        if scored:
+            self.stats.mean_token_logprob = float(self.logp[:scored].mean())
         if self.set_output(final, now):
             self.finish("stop", now)
         elif force:

@@ -61,6 +61,8 @@ class RequestStats:
     queue_time_s: float = 0.0  # submit → first model step
     time_to_first_commit_s: float = 0.0  # submit → first committed token
     total_time_s: float = 0.0  # submit → finished
+    mean_token_logprob: float = 0.0  # mean log-probability of the output tokens (and the end token)
+    # when they were committed; DLM length search ranks candidate spans by it
 
     @property
     def tokens_per_forward(self) -> float:

@@ -173,3 +173,17 @@ def test_deadline_commits_the_current_argmax(dlm):
                                                 dlm=DLMParams(block_length=8, threshold=1.0)))
     assert res.finish_reason == "deadline"
     assert res.stats.forward_passes == 1 and res.text  # one forward filled the whole canvas
+
+
+def test_length_search_keeps_the_most_confident_candidate(dlm):
+    from serving.engine import generate_with_length_search
+
+    req = GenerationRequest(prompt="def f(", suffix="    return y\n", max_tokens=16, dlm=DLMParams(block_length=8))
+    with Engine(dlm) as engine:
+        best = generate_with_length_search(engine, req, spans=(4, 8))
+        cands = [engine.generate(GenerationRequest(prompt=req.prompt, suffix=req.suffix, max_tokens=s,
+                                                   dlm=req.dlm)) for s in (4, 8, 16)]
+    winner = max(cands, key=lambda r: r.stats.mean_token_logprob)
+    assert best.text == winner.text
+    assert best.stats.forward_passes == sum(c.stats.forward_passes for c in cands)
+    assert all(c.stats.mean_token_logprob < 0 for c in cands)
