@@ -128,6 +128,9 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "manifest.json").exists() or (out / ".work").exists()):
+        # we replace train/ and val/ in place: never do that to a directory that is not ours
+        raise PrepError(f"--out {out} is not empty and not a dcoder data dir; pick a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the dir is not complete
 

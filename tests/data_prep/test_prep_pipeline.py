@@ -150,6 +150,15 @@ def test_empty_corpus_after_filtering_is_a_one_line_error(tmp_path, eval_data):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_refuses_to_write_into_a_foreign_non_empty_directory(tmp_path, corpus):
+    src, ev = corpus
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    (tmp_path / "mine" / "train" / "precious.txt").write_text("keep me")
+    with pytest.raises(PrepError, match="not empty and not a dcoder data dir"):
+        prepare([str(src)], tmp_path / "mine", eval_data=ev, progress=False)
+    assert (tmp_path / "mine" / "train" / "precious.txt").read_text() == "keep me"
+
+
 def test_cli_reports_bad_input_as_one_line_with_exit_code_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dcoder.cli", "prep", "--source", str(tmp_path / "missing"),
                         "--out", str(tmp_path / "o"), "--no-decontaminate"], capture_output=True, text=True)
