@@ -22,6 +22,7 @@ Everything is launched through `unshare`/`prlimit` command lines (util-linux) ra
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -29,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,8 +155,12 @@ def run_program(
     argv: Iterable[str] = (),
     collect: Iterable[str] = (),
     python: str | None = None,
+    fresh: bool = False,
 ) -> ExecResult:
     """Run `program` (Python source) in a fresh temp dir; never raises for the program's faults.
+
+    By default the program is forked from a warm fork server inside the sandbox (eval/zygote.py);
+    `fresh=True` (or a fork server that cannot start) starts a new interpreter per program.
 
     `files` are written into the temp dir first; `collect` names files read back afterwards
     (each at most `limits.file_bytes`). Outcome: passed (exit 0), failed (an AssertionError),
@@ -168,36 +174,134 @@ def run_program(
         for name, data in (files or {}).items():
             (tmp / name).write_bytes(data)
         out_path, err_path = tmp / ".stdout", tmp / ".stderr"
+        out_path.touch()
+        err_path.touch()
         if "uid" in iso.layers:
             for p in [tmp, *tmp.iterdir()]:
                 os.chown(p, NOBODY, NOBODY)
         nproc = limits.nproc + (iso.nproc_base if "uid" not in iso.layers else 0)
-        cmd = [*iso.prefix, shutil.which("prlimit") or "prlimit",
-               f"--cpu={limits.cpu_s}", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
-               f"--nproc={nproc}", "--core=0", "--",
-               iso.python, "-I", "main.py", *argv]
         t0 = time.monotonic()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=tmp, env=_scrubbed_env(str(tmp)), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.wall_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            _kill_group(proc)
+        reply = None if fresh else _forkserver_run(iso, {
+            "dir": str(tmp), "argv": list(argv), "wall_s": limits.wall_s, "cpu_s": limits.cpu_s,
+            "as": limits.memory_bytes, "fsize": limits.file_bytes, "nproc": nproc + _pool.size})
+        if reply is not None:
+            returncode, timed_out = reply["rc"], reply["timed_out"]
+        else:
+            returncode, timed_out = _fresh_run(iso, tmp, limits, nproc, argv)
         duration = time.monotonic() - t0
         stderr = _tail(err_path, 4096)
         stdout = _tail(out_path, 4096)
-        status, message = _classify(proc.returncode, timed_out, stderr, limits, duration)
+        status, message = _classify(returncode, timed_out, stderr, limits, duration)
         collected = {}
         for name in collect:
             p = tmp / name
             if p.is_file() and not p.is_symlink() and p.stat().st_size <= limits.file_bytes:
                 collected[name] = p.read_bytes()
-        return ExecResult(status, message, proc.returncode, duration, stdout, collected)
+        return ExecResult(status, message, returncode, duration, stdout, collected)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fresh_run(iso: Isolation, tmp: Path, limits: Limits, nproc: int, argv: Iterable[str]) -> tuple[int, bool]:
+    """A new interpreter under prlimit: (returncode, timed_out)."""
+    cmd = [*iso.prefix, shutil.which("prlimit") or "prlimit",
+           f"--cpu={limits.cpu_s}:{limits.cpu_s + 1}", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
+           f"--nproc={nproc}", "--core=0", "--", iso.python, "-I", "main.py", *argv]
+    with open(tmp / ".stdout", "wb") as out, open(tmp / ".stderr", "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=_scrubbed_env(str(tmp)), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=limits.wall_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill_group(proc)
+    return proc.returncode, timed_out
+
+
+class _ForkServer:
+    """One eval/zygote.py process in the sandbox; serves one program at a time."""
+
+    SOURCE = (Path(__file__).parent / "zygote.py").read_text()
+
+    def __init__(self, iso: Isolation):
+        self.proc = subprocess.Popen([*iso.prefix, iso.python, "-I", "-c", self.SOURCE], cwd="/",
+                                     env=_scrubbed_env("/"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def request(self, req: dict) -> dict | None:
+        """The zygote's reply, or None if it died or hung (the caller then discards it)."""
+        import json
+        import select
+
+        try:
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+            # The zygote enforces wall_s itself; this guard only catches a broken zygote.
+            ready, _, _ = select.select([self.proc.stdout], [], [], req["wall_s"] + 30)
+            line = self.proc.stdout.readline() if ready else b""
+            return json.loads(line) if line else None
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        _kill_group(self.proc)
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+
+
+class _Pool:
+    """Idle fork servers, one per concurrently running program; `broken` after a failed start."""
+
+    def __init__(self):
+        self.idle: list[_ForkServer] = []
+        self.size = 0
+        self.broken = False
+        self.ever_ok = False
+        self.lock = threading.Lock()
+
+    def acquire(self, iso: Isolation) -> _ForkServer:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+            self.size += 1
+        return _ForkServer(iso)
+
+    def release(self, server: _ForkServer, ok: bool) -> None:
+        if ok:
+            with self.lock:
+                self.idle.append(server)
+            return
+        server.close()
+        with self.lock:
+            self.size -= 1
+
+    def close_all(self) -> None:
+        with self.lock:
+            idle, self.idle, self.size = self.idle, [], 0
+        for server in idle:
+            server.close()
+
+
+_pool = _Pool()
+atexit.register(_pool.close_all)
+
+
+def _forkserver_run(iso: Isolation, req: dict) -> dict | None:
+    """The fork server's reply, or None: the caller then runs the program in a fresh interpreter."""
+    if _pool.broken:
+        return None
+    server = _pool.acquire(iso)
+    reply = server.request(req)
+    _pool.release(server, ok=reply is not None)
+    if reply is not None:
+        _pool.ever_ok = True
+    elif not _pool.ever_ok:
+        # Never worked (e.g. an interpreter without os.pidfd_open): fresh interpreters from now on.
+        _pool.broken = True
+    return reply
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -9,23 +9,24 @@ import time
 
 import pytest
 
-from eval.sandbox import ExecResult, Limits, isolation, run_many, run_program
+from eval.sandbox import ExecResult, Limits, _pool, isolation, run_many, run_many_jobs, run_program
 
 TIGHT = Limits(wall_s=3.0, cpu_s=1, memory_bytes=256 << 20, file_bytes=1 << 20, nproc=16)
 
 
-def test_outcomes_are_classified():
-    ok, fail, err, slow = run_many(
-        ["print('hi')", "assert 1 + 1 == 3, 'math'", "undefined_name()", "import time; time.sleep(60)"],
-        limits=TIGHT)
+@pytest.mark.parametrize("fresh", [False, True], ids=["forkserver", "fresh"])
+def test_outcomes_are_classified(fresh):
+    ok, fail, err, slow = [run_program(p, limits=TIGHT, fresh=fresh) for p in
+                           ["print('hi')", "assert 1 + 1 == 3, 'math'", "undefined_name()", "import time; time.sleep(60)"]]
     assert (ok.status, ok.message, ok.stdout) == ("passed", "", "hi\n")
     assert (fail.status, fail.message) == ("failed", "AssertionError: math")
     assert err.status == "error" and err.message.startswith("NameError")
     assert slow.status == "timeout" and "wall clock" in slow.message
 
 
-def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
-    r = run_program("while True: pass", limits=Limits(wall_s=20, cpu_s=1, nproc=16))
+@pytest.mark.parametrize("fresh", [False, True], ids=["forkserver", "fresh"])
+def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock(fresh):
+    r = run_program("while True: pass", limits=Limits(wall_s=20, cpu_s=1, nproc=16), fresh=fresh)
     assert r.status == "timeout" and r.duration_s < 10
 
 
@@ -45,7 +46,8 @@ HOSTILE = {
 }
 
 
-def test_hostile_suite_is_contained_and_evaluation_carries_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fresh", [False, True], ids=["forkserver", "fresh"])
+def test_hostile_suite_is_contained_and_evaluation_carries_on(fresh, tmp_path, monkeypatch):
     monkeypatch.setenv("DCODER_TEST_SECRET", "hunter2")
     host_dir = tmp_path / "host"
     host_dir.mkdir()
@@ -57,10 +59,12 @@ def test_hostile_suite_is_contained_and_evaluation_carries_on(tmp_path, monkeypa
     programs["delete_outside"] = f"import os\nos.remove({str(victim)!r})"
     programs["signal_parent"] = f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)"
     programs["signal_ppid"] = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nassert False, 'alive'"
+    programs["daemon"] = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)"
     programs["honest"] = "assert sum(range(10)) == 45"
     names = list(programs)
     t0 = time.monotonic()
-    results = dict(zip(names, run_many([programs[n] for n in names], limits=TIGHT, workers=2), strict=True))
+    jobs = [{"program": programs[n], "limits": TIGHT, "fresh": fresh} for n in names]
+    results = dict(zip(names, run_many_jobs(jobs, workers=2), strict=True))
     assert time.monotonic() - t0 < 60
     layers = isolation().layers
     assert all(isinstance(r, ExecResult) for r in results.values())
@@ -80,6 +84,7 @@ def test_hostile_suite_is_contained_and_evaluation_carries_on(tmp_path, monkeypa
         assert results["delete_outside"].status == "error"
         assert not (host_dir / "evil.txt").exists()
     assert victim.read_text() == "precious"  # the host is unaffected
+    _pool.close_all()  # the idle fork servers run as the sandbox user too
     if "uid" in layers:  # nothing of the sandbox user survives its programs (the kernel reaps a
         deadline = time.monotonic() + 10  # dying PID namespace asynchronously: allow it a moment)
         while _processes_of(65534) and time.monotonic() < deadline:
@@ -104,3 +109,10 @@ def _processes_of(uid: int) -> list[str]:
 def test_broken_programs_are_errors_not_exceptions(bad):
     r = run_program(bad, limits=TIGHT)
     assert r.status == "error" and r.message
+
+
+def test_fork_server_is_reused_and_programs_see_a_clean_interpreter():
+    a, b = run_many(["import sys; sys.modules['json'].LEAK = 1; open('x', 'w')",
+                     "import json, os; assert not hasattr(json, 'LEAK') and not os.path.exists('x')"],
+                    limits=TIGHT, workers=1)
+    assert (a.status, b.status) == ("passed", "passed") and not _pool.broken
