@@ -202,8 +202,16 @@ class Engine:
     # -- scheduler ---------------------------------------------------------------------------
     def _loop(self) -> None:
         with torch.inference_mode():
-            while self._tick():
-                pass
+            while True:
+                try:
+                    if not self._tick():
+                        return
+                except Exception as e:  # a scheduler bug must fail requests, not hang their callers
+                    log.exception("scheduler tick failed")
+                    with self._lock:
+                        failed, self._running = self._running, []
+                    for s in failed:
+                        s.finish("error", time.monotonic(), error=f"{type(e).__name__}: {e}")
 
     def _tick(self) -> bool:
         """One scheduler step; False when the engine is shutting down."""
