@@ -97,3 +97,16 @@ def test_wilson_interval():
     lo, hi = wilson_interval(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0) and not math.isnan(wilson_interval(10, 10)[0])
+
+
+def test_proxy_task_from_the_cli(data, models, tmp_path):
+    import json
+
+    from dcoder.cli import main
+
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(models["dlm"]), "--tasks", "proxy", "--proxy-data", str(data[0]),
+                 "--proxy-questions", "8", "--out", str(out)]) == 0
+    m = json.loads((out / "proxy.json").read_text())
+    assert m["proxy/next_line_n"] == 8 and "proxy/line_em" in m
+    assert main(["eval", "--model", str(models["dlm"]), "--tasks", "proxy"]) == 2  # needs --proxy-data

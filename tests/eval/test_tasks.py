@@ -74,3 +74,12 @@ def test_full_canonical_runs_reach_the_ceilings(name, expected_failures, data_di
                               workers=1)
         failed -= {r["task_id"] for r in again if r["passed"]}
     assert failed == expected_failures
+
+
+def test_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch):
+    from eval import data
+
+    monkeypatch.delenv("DCODER_EVAL_DATA", raising=False)
+    monkeypatch.setitem(data.URLS, "mbpp-plus", "http://127.0.0.1:9/MbppPlus.jsonl.gz")  # nothing listens
+    with pytest.raises(EvalDataError, match="no local copy of mbpp-plus.*--data-dir"):
+        get_task("mbpp-plus")
