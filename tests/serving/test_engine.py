@@ -192,3 +192,13 @@ def test_ar_infill_uses_a_psm_prompt_only_when_trained_with_fim(ar, tmp_path):
         with_suffix = engine.generate(req)
         without = engine.generate(GenerationRequest(prompt=req.prompt, max_tokens=10))
     assert with_suffix.text == without.text
+
+
+def test_a_failing_callback_does_not_stop_the_scheduler(ar):
+    def broken(ev):
+        raise RuntimeError("client went away")
+
+    with Engine(ar) as engine:
+        engine.submit(GenerationRequest(prompt="a", max_tokens=4, stream=True), broken)
+        res = engine.generate(GenerationRequest(prompt="b", max_tokens=4))
+    assert res.finish_reason in ("length", "stop") and res.stats.forward_passes >= 1
