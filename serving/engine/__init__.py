@@ -4,6 +4,12 @@ prefix KV cache, infilling, and a step-granular continuous-batching scheduler.
     from serving.engine import Engine, GenerationRequest
     with Engine.from_path("runs/pair/dlm") as engine:
         print(engine.generate(GenerationRequest(prompt="def add(a, b):\\n")).text)
+
+Files, top down: `types.py` (the contract: requests, events, stats, errors), `engine.py`
+(admission and the scheduler thread), `slot.py` (per-request text, stop strings, streaming,
+accounting), `ar.py` and `dlm.py` (the two decoders), `sampling.py` (token choice and commit
+policies), `batch.py` (one padded forward over ragged rows with their own KV caches),
+`length_search.py` (optional span-length search for DLM infilling).
 """
 
 from serving.engine.engine import Engine
