@@ -96,6 +96,32 @@ def bench_near_dedup(n_bases: int, distinct: int, repeat: int = 3) -> dict:
     return {"documents": len(texts), "mb": mb, "repeat": repeat, "bands_rows": optimal_bands(THRESHOLD, NUM_PERM), "rows": rows}
 
 
+def bench_stages(eval_data: str | None, n_files: int = 200) -> dict:
+    """Single-core CPU throughput (MB per CPU-second) of each per-document step on stdlib modules."""
+    from data_prep import filters
+    from data_prep.decontam import ContaminationIndex, load_pieces
+    from data_prep.redact import redact
+    from data_prep.sources import UnitReader, enumerate_units
+    from data_prep.steps import exact_hash
+
+    reader = UnitReader(10**6)
+    texts = [filters.decode(raw)[0] for u in enumerate_units(["stdlib"])[:n_files] for _, _, raw, _ in reader.read(u)]
+    texts = [t for t in texts if t]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    cfg, index, hasher = filters.FilterConfig(), ContaminationIndex.build(load_pieces(eval_data)), MinHasher()
+    steps = {"quality heuristics": lambda t: filters.quality_reason(t, cfg),
+             "tree-sitter syntax": lambda t: filters.syntax_reason(t, "python", cfg),
+             "decontamination": index.is_contaminated, "redaction": redact, "exact hash": exact_hash,
+             "MinHash signature": hasher.signature}
+    out = {}
+    for name, fn in steps.items():
+        t0 = time.process_time()
+        for t in texts:
+            fn(t)
+        out[name] = mb / (time.process_time() - t0)
+    return {"files": len(texts), "mb": mb, "mb_per_cpu_s": out}
+
+
 def _tree_rss(root: int) -> int:
     """Summed RSS (bytes) of `root` and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
@@ -167,6 +193,9 @@ def main() -> None:
               f"{r['precision']:.3f} | {r['recall']:.3f} | {r['distinct_kept']:.3f} |")
     ratio = nd["rows"]["dcoder (numpy)"]["mb_per_cpu_s"] / nd["rows"]["datasketch"]["mb_per_cpu_s"]
     print(f"speed-up per core: {ratio:.2f}x")
+    st = result["stages"] = bench_stages(args.eval_data)
+    print(f"per-document steps, one core, {st['files']} stdlib modules ({st['mb']:.2f} MB): " +
+          ", ".join(f"{k} {v:.1f} MB/CPU-s" for k, v in st["mb_per_cpu_s"].items()))
     if not args.skip_pipeline:
         p = result["pipeline"] = bench_pipeline(args.workers, args.eval_data)
         print(f"pipeline stdlib, {p['workers']} workers: {p['mb']:.2f} MB in {p['wall_s']:.1f} s = "

@@ -156,6 +156,23 @@ class ContaminationIndex:
         cat = lambda xs: np.unique(np.concatenate(xs)) if xs else np.zeros(0, dtype=np.uint64)
         return cls(cat(anchors), cat(longs), {n: cat(v) for n, v in sorted(shorts.items())})
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index as one .npz (atomically), so each worker loads it instead of rebuilding."""
+        import io
+
+        from data_prep.format import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, anchors=self.anchors, long_windows=self.long_windows,
+                 **{f"short_{n}": h for n, h in self.short_pieces.items()})
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ContaminationIndex:
+        with np.load(path) as z:
+            shorts = {int(k[6:]): z[k] for k in z.files if k.startswith("short_")}
+            return cls(z["anchors"], z["long_windows"], dict(sorted(shorts.items())))
+
     def is_contaminated(self, text: str) -> bool:
         t = _token_hashes(text)
         if not _any_in(_windows(t, MIN_PIECE_TOKENS), self.anchors):

@@ -148,7 +148,7 @@ def prepare(
                                             "threshold": minhash.THRESHOLD},
     }
     fingerprint = hashlib.sha256(json.dumps([SCHEMA_VERSION, settings, units], sort_keys=True).encode()).hexdigest()
-    work = out / ".work"
+    work = out.absolute() / ".work"  # absolute: Slurm/Ray tasks may not share our cwd
     if work.exists() and _read_json(work / "fingerprint.json") != {"fingerprint": fingerprint}:
         shutil.rmtree(work)  # different settings or inputs: nothing in it can be reused
     for d in ("clean", "decisions", "tok", "progress", "logs"):
@@ -158,8 +158,8 @@ def prepare(
         atomic_write_json(work / "partition.json", _partition(units))
         atomic_write_json(work / "units.json", units)
     partition = [tuple(p) for p in _read_json(work / "partition.json")]
-    if decontaminate and not (work / "benchmarks.json").exists():
-        atomic_write_json(work / "benchmarks.json", decontam.load_pieces(eval_data))
+    if decontaminate and not (work / "benchmarks.npz").exists():
+        decontam.ContaminationIndex.build(decontam.load_pieces(eval_data)).save(work / "benchmarks.npz")
     total_mb = sum(u["size"] for u in units) / 1e6
     say(f"dcoder prep: {len(units):,} inputs ({total_mb:.1f} MB) from {len(sources)} source(s), "
         f"{len(partition)} tasks, {workers} worker(s), executor {executor}")

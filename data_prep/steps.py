@@ -6,6 +6,7 @@ so datatrove's completion markers plus these files make a rerun redo only missin
     CleanStep     units of partition[rank] → read → filters → decontamination → redaction →
                   exact hash + MinHash signature → clean/RANK.jsonl (key, name, text),
                   clean/RANK.npz (keys, hashes, signatures), clean/RANK.stats.json
+                  (the benchmark index is built once by the driver: benchmarks.npz)
     TokenizeStep  clean/RANK.jsonl + decisions/RANK.npy (0 dropped, 1 train, 2 val) →
                   tok/RANK.npz (keys, split, lengths, tokens with EOS appended)
 """
@@ -77,7 +78,7 @@ class CleanStep(PipelineStep):
         cfg = filters.FilterConfig(**self.filter_cfg)
         index = None
         if self.decontaminate:
-            index = ContaminationIndex.build(json.loads((work / "benchmarks.json").read_text()))
+            index = ContaminationIndex.load(work / "benchmarks.npz")
         hasher = MinHasher()
         reader = UnitReader(cfg.max_bytes)
         progress = _Progress(work / "progress" / f"clean_{rank:05d}.json")
