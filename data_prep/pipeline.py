@@ -346,9 +346,10 @@ def summary_table(manifest: dict) -> str:
     """The human-readable end-of-run table (read, drops by reason, dedup, redactions, kept)."""
     c = manifest["counts"]
     rows = [("documents read", c["read"]), ("  MB read", f"{c['bytes_read'] / 1e6:.2f}")]
-    rows += [(f"dropped: {k}", v) for k, v in c["dropped"].items()]
-    rows += [("exact duplicates", c["exact_duplicates"]), ("near duplicates", c["near_duplicates"])]
-    rows += [(f"redacted: {k}", v) for k, v in c["redactions"].items()]
+    rows += [(f"dropped: {k}", v) for k, v in c["dropped"].items() if k != "contaminated"]
+    rows += [("exact duplicates", c["exact_duplicates"]), ("near duplicates", c["near_duplicates"]),
+             ("contaminated (benchmarks)", c["contaminated"]), ("redactions", sum(c["redactions"].values()))]
+    rows += [(f"  {k}", v) for k, v in c["redactions"].items()]
     rows += [(f"note: {k}", v) for k, v in c["notes"].items()]
     if c.get("over_token_budget"):
         rows.append(("over unique-token budget", c["over_token_budget"]))

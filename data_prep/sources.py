@@ -11,6 +11,10 @@ A source spec is one of:
   hf:NAME[:SPLIT]        a Hugging Face dataset through `datasets` (networked machines, or a
                          local dataset directory), split `train` by default
 
+Not handled: HF dataset configs or `data_dir` (export such a dataset to Parquet/JSONL and pass
+the files), per-row extension filtering of tabular sources (every row is a document), and
+encodings other than UTF-8.
+
 Units are plain dicts (JSON-able) so the executor can hand them to any worker. Directory walks
 never follow symlinked directories (so symlink loops cannot recurse) and skip hidden entries and
 `__pycache__`; symlinked files are read, and a broken or looping one is a counted skip.
