@@ -103,15 +103,27 @@ class Slot:
     def set_output(self, ids: list[int], now: float) -> bool:
         """Decode the final token ids into `self.text`, cut at the earliest stop string.
 
-        Returns True when a stop string was found (the caller then finishes with "stop").
+        Returns True when a stop string was found (the caller then finishes with "stop"). Then
+        `completion_tokens` counts the tokens through the end of that stop string only (a DLM may
+        have committed more), so tokens per forward compare fairly with AR.
         """
         if ids and self.stats.time_to_first_commit_s == 0.0:
             self.stats.time_to_first_commit_s = now - self.t_submit
+        decode = lambda k: self.info.tokenizer.decode(ids[:k], skip_special_tokens=False)
+        text = decode(len(ids))
+        hits = [(i, len(s)) for s in self.req.stop if s and (i := text.find(s)) >= 0]
         self.stats.completion_tokens = len(ids)
-        text = self.info.tokenizer.decode(ids, skip_special_tokens=False)
-        hits = [i for i in (text.find(s) for s in self.req.stop if s) if i >= 0]
-        self.text = text[: min(hits)] if hits else text
-        return bool(hits)
+        if not hits:
+            self.text = text
+            return False
+        cut, n = min(hits)
+        self.text = text[:cut]
+        lo, hi = 1, len(ids)  # smallest k whose text already reaches the end of the stop string
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if len(decode(mid)) >= cut + n else (mid + 1, hi)
+        self.stats.completion_tokens = lo
+        return True
 
     def stream(self, final: bool = False) -> None:
         """Emit the not-yet-sent part of `self.text` as a Delta (streaming requests only).

@@ -202,3 +202,13 @@ def test_a_failing_callback_does_not_stop_the_scheduler(ar):
         engine.submit(GenerationRequest(prompt="a", max_tokens=4, stream=True), broken)
         res = engine.generate(GenerationRequest(prompt="b", max_tokens=4))
     assert res.finish_reason in ("length", "stop") and res.stats.forward_passes >= 1
+
+
+def test_tokens_after_a_stop_string_are_not_counted(dlm):
+    with Engine(dlm) as engine:
+        free = engine.generate(GenerationRequest(prompt="def f(", max_tokens=24))
+        stop = next(c for c in free.text[3:] if c.isascii() and c.isprintable())
+        res = engine.generate(GenerationRequest(prompt="def f(", max_tokens=24, stop=[stop]))
+    assert res.text == free.text[: free.text.find(stop)]
+    assert res.finish_reason == "stop"
+    assert 0 < res.stats.completion_tokens < free.stats.completion_tokens
