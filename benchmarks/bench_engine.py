@@ -6,7 +6,7 @@
 For every configuration, the same infilling requests run one at a time (latency, tokens/s,
 tokens per forward, exact match), then the concurrency runs put N requests into an engine with
 max_batch 1 and max_batch 8 (throughput). Tasks:
-  humaneval  HumanEval-SingleLineInfilling (first --n problems); prefix/suffix are cropped to fit
+  humaneval  HumanEval-SingleLineInfilling (--n problems, a fixed seeded sample); prefix/suffix are cropped to fit
              the model's context (the tiny preset has 128 tokens), keeping the text nearest the span
   heldout    a held-out line proxy: one line of a validation document of --data-dir, with the
              lines around it as prefix/suffix (same cropping)
@@ -56,7 +56,8 @@ def crop(tok, prefix: str, suffix: str, budget: int) -> tuple[str, str]:
 def humaneval_items(path: Path, n: int) -> list[Item]:
     with gzip.open(path, "rt") as f:
         rows = [json.loads(line) for line in f]
-    return [Item(r["prompt"], r["suffix"], r["canonical_solution"]) for r in rows[:n]]
+    rows = random.Random(0).sample(rows, min(n, len(rows)))  # spread over tasks, same set every run
+    return [Item(r["prompt"], r["suffix"], r["canonical_solution"]) for r in rows]
 
 
 def heldout_items(data_dir: str, tok, n: int, seed: int = 0) -> list[Item]:
