@@ -40,7 +40,7 @@ class DLMSlot(Slot):
     def __init__(self, req: GenerationRequest, info: ModelInfo, on_event: EventSink, t_submit: float,
                  context: list[int], suffix: list[int]):
         super().__init__(req, info, on_event, t_submit, prompt_tokens=len(context) + len(suffix))
-        self.p = req.dlm
+        self.params = req.dlm
         self.mask_id = info.special[MASK]
         self.Lp, self.G = len(context), req.max_tokens
         ids = context + [self.mask_id] * self.G + suffix
@@ -57,18 +57,18 @@ class DLMSlot(Slot):
 
     def block_span(self) -> tuple[int, int]:
         """Sequence indices [start, end) of the current block."""
-        start = self.Lp + self.block * self.p.block_length
-        return start, min(start + self.p.block_length, self.Lp + self.G)
+        start = self.Lp + self.block * self.params.block_length
+        return start, min(start + self.params.block_length, self.Lp + self.G)
 
     def prepare(self, now: float) -> StepInput | None:
         if self.deadline_passed(now):
             self.mode = "deadline"
-        elif not self.p.use_cache:
+        elif not self.params.use_cache:
             self.mode = "full"
         elif self.cached is None:
             self.mode = "refresh"
         else:
-            self.mode = "block" if self.p.cache_suffix else "tail"
+            self.mode = "block" if self.params.cache_suffix else "tail"
         bs, be = self.block_span()
         if self.mode == "deadline":  # logits for the whole canvas
             return StepInput(self.x, self.positions, logits_from=self.Lp, logits_to=self.Lp + self.G)
@@ -85,7 +85,7 @@ class DLMSlot(Slot):
             # keep keys/values of the prompt and committed blocks (and, dual cache, of the
             # later blocks + suffix); each (1, H_kv, S, D)
             keep = [(k[:, :, :bs], v[:, :, :bs]) for k, v in out.kv]
-            if self.p.cache_suffix:
+            if self.params.cache_suffix:
                 keep = [(torch.cat([k0, k[:, :, be:]], 2), torch.cat([v0, v[:, :, be:]], 2))
                         for (k0, v0), (k, v) in zip(keep, out.kv, strict=True)]
             self.cached = keep
@@ -103,15 +103,15 @@ class DLMSlot(Slot):
         tokens, token_probs, probs = choose_tokens(logits[todo - offset], r.temperature, r.top_k, r.top_p,
                                                    self.generator)
         if self.schedule is None:
-            self.schedule = transfer_schedule(todo.numel(), self.p.steps or self.p.block_length)
-        if self.p.remasking == "threshold" and self.p.steps is None:
+            self.schedule = transfer_schedule(todo.numel(), self.params.steps or self.params.block_length)
+        if self.params.remasking == "threshold" and self.params.steps is None:
             k_min = 1
         elif self.step_in_block < len(self.schedule):
             k_min = self.schedule[self.step_in_block]
         else:
             k_min = todo.numel()
-        scores = commit_order_scores(self.p.remasking, token_probs, probs, self.generator)
-        pick = select_commits(self.p.remasking, scores, token_probs, self.p.threshold, k_min)
+        scores = commit_order_scores(self.params.remasking, token_probs, probs, self.generator)
+        pick = select_commits(self.params.remasking, scores, token_probs, self.params.threshold, k_min)
         self._commit(todo[pick], tokens[pick], token_probs[pick], now)
         self.step_in_block += 1
         block_done = bool(self.committed[bs - self.Lp : be - self.Lp].all())

@@ -8,6 +8,7 @@ A slot lives from `Engine.submit` to its `Finished` event. Each scheduler tick c
 
 from __future__ import annotations
 
+import abc
 import logging
 import secrets
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def encode_context(req: GenerationRequest, info: ModelInfo, objective: str) -> t
     return [sp[EOS], *prompt], []
 
 
-class Slot:
+class Slot(abc.ABC):
     """Base: output text, stop strings, streaming and accounting; subclasses decode."""
 
     def __init__(self, req: GenerationRequest, info: ModelInfo, on_event: EventSink, t_submit: float,
@@ -78,11 +79,13 @@ class Slot:
         self.eos_ids = {sp[EOS], sp[PAD]}
 
     # -- scheduler interface -------------------------------------------------------------
+    @abc.abstractmethod
     def prepare(self, now: float) -> StepInput | None:
-        raise NotImplementedError
+        """This tick's model input, or None when the slot finished without needing a step."""
 
+    @abc.abstractmethod
     def advance(self, out: StepOutput, now: float) -> None:
-        raise NotImplementedError
+        """Consume this row's logits (and KV): commit tokens, stream, maybe finish."""
 
     def mark_step(self, now: float) -> None:
         """Called once per model step before `advance` (queue time ends at the first one)."""
