@@ -128,22 +128,25 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrepError(f"--out {out} exists and is not a directory")
+    # Everything that can fail on user input happens before the first write.
+    filter_cfg = FilterConfig(max_bytes=max_bytes, syntax=syntax)
+    units = enumerate_units(list(sources), extensions, include_tests=include_tests, text_column=text_column)
+    if not units:
+        raise PrepError(f"no {'/'.join(extensions)} files found in {', '.join(sources)}")
+    pieces = decontam.load_pieces(eval_data) if decontaminate else None
     if out.is_dir() and any(out.iterdir()) and not ((out / "manifest.json").exists() or (out / ".work").exists()):
         # we replace train/ and val/ in place: never do that to a directory that is not ours
         raise PrepError(f"--out {out} is not empty and not a dcoder data dir; pick a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the dir is not complete
 
-    filter_cfg = FilterConfig(max_bytes=max_bytes, syntax=syntax)
-    units = enumerate_units(list(sources), extensions, include_tests=include_tests, text_column=text_column)
-    if not units:
-        raise PrepError(f"no {'/'.join(extensions)} files found in {', '.join(sources)}")
     tok_sha = sha256_file(tokenizer) if tokenizer else None
     settings = {
         "sources": list(sources), "extensions": list(extensions), "include_tests": include_tests,
         "text_column": text_column, "filters": asdict(filter_cfg), "decontaminate": decontaminate,
         "redact": redact, "seed": seed, "vocab_size": None if tokenizer else vocab_size,
         "tokenizer_sha256": tok_sha, "val_fraction": val_fraction, "max_unique_tokens": max_unique_tokens,
+        "benchmarks_sha256": hashlib.sha256(json.dumps(pieces).encode()).hexdigest() if pieces else None,
         "seq_len": seq_len, "near_dedup": {"ngram": minhash.NGRAM, "num_perm": minhash.NUM_PERM,
                                             "threshold": minhash.THRESHOLD},
     }
@@ -159,7 +162,7 @@ def prepare(
         atomic_write_json(work / "units.json", units)
     partition = [tuple(p) for p in _read_json(work / "partition.json")]
     if decontaminate and not (work / "benchmarks.npz").exists():
-        decontam.ContaminationIndex.build(decontam.load_pieces(eval_data)).save(work / "benchmarks.npz")
+        decontam.ContaminationIndex.build(pieces).save(work / "benchmarks.npz")
     total_mb = sum(u["size"] for u in units) / 1e6
     say(f"dcoder prep: {len(units):,} inputs ({total_mb:.1f} MB) from {len(sources)} source(s), "
         f"{len(partition)} tasks, {workers} worker(s), executor {executor}")
