@@ -10,6 +10,9 @@ byte-identical to an uninterrupted run. The manifest is removed first and writte
 data dir is never left looking complete when it is not. The work dir is deleted on success
 unless keep_work=True.
 
+Memory: the driver holds the exact hash and the MinHash signature of every document (about
+1 KiB each, so ~1 GiB per million documents) and one rank's token ids at a time.
+
 Not handled: a source changing while a run is interrupted and resumed with the same file sizes
 and mtimes (the fingerprint would not notice).
 """
@@ -17,6 +20,7 @@ and mtimes (the fingerprint would not notice).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -244,12 +248,14 @@ def prepare(
     run_stage("tokenize", tokenize, work / "progress", show=progress)
 
     # 6. pack: train (optionally cut to a unique-token budget) and val shards, then the manifest.
-    toks = [np.load(work / "tok" / f"{r:05d}.npz") for r in range(len(partition))]
-    t_keys = np.concatenate([t["keys"] for t in toks])
-    t_split = np.concatenate([t["split"] for t in toks])
-    t_len = np.concatenate([t["lengths"] for t in toks])
-    t_flat = np.concatenate([t["tokens"] for t in toks])
-    t_off = np.concatenate([[0], np.cumsum(t_len)[:-1]]).astype(np.int64)
+    tok_files = [work / "tok" / f"{r:05d}.npz" for r in range(len(partition))]
+    metas = []
+    for path in tok_files:  # keys, split and lengths only: token ids are streamed shard by shard below
+        with np.load(path) as z:
+            metas.append((z["keys"], z["split"], z["lengths"]))
+    t_keys = np.concatenate([m[0] for m in metas])
+    t_split = np.concatenate([m[1] for m in metas])
+    t_len = np.concatenate([m[2] for m in metas])
     train_idx = np.flatnonzero(t_split == 1)
     counts["over_token_budget"] = 0
     if max_unique_tokens is not None:
@@ -268,8 +274,7 @@ def prepare(
     shards = {}
     for name, idx in (("train", train_idx), ("val", val_idx)):
         shutil.rmtree(out / name, ignore_errors=True)
-        shards[name] = _write_shards(out / name, [t_flat[t_off[i] : t_off[i] + t_len[i]] for i in idx],
-                                     dtype)
+        shards[name] = _write_shards(out / name, _iter_docs(tok_files, idx), t_len[idx], dtype)
     atomic_write_bytes(out / "tokenizer.json", (work / "tokenizer.json").read_bytes())
     counts["kept"] = int(len(train_idx) + len(val_idx))
     n_tokens = {k: int(t_len[idx].sum()) for k, idx in (("train", train_idx), ("val", val_idx))}
@@ -298,22 +303,38 @@ def prepare(
     return manifest
 
 
-def _write_shards(split_dir: Path, docs: list[np.ndarray], dtype) -> list[dict]:
-    groups, cur, n = [], [], 0
-    for d in docs:
-        if cur and n + len(d) > SHARD_TOKENS:
-            groups.append(cur)
-            cur, n = [], 0
-        cur.append(d)
-        n += len(d)
-    groups.append(cur)
+def _iter_docs(tok_files: list[Path], idx: np.ndarray):
+    """Token arrays of the documents `idx` (sorted global indices, ranks in order), one rank's
+    file in memory at a time."""
+    wanted, base = set(idx.tolist()), 0
+    for path in tok_files:
+        with np.load(path) as z:
+            lengths, tokens = z["lengths"], z["tokens"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        for i in range(len(lengths)):
+            if base + i in wanted:
+                yield tokens[offsets[i] : offsets[i + 1]]
+        base += len(lengths)
+
+
+def _write_shards(split_dir: Path, docs, lengths: np.ndarray, dtype) -> list[dict]:
+    """Write `docs` (an iterator, `lengths` known up front) as shards of <= SHARD_TOKENS tokens
+    (a longer document gets a shard of its own)."""
+    sizes, n_docs, n_tok = [], 0, 0
+    for length in lengths.tolist():
+        if n_docs and n_tok + length > SHARD_TOKENS:
+            sizes.append(n_docs)
+            n_docs, n_tok = 0, 0
+        n_docs += 1
+        n_tok += length
+    sizes.append(n_docs)
     split_dir.mkdir(parents=True, exist_ok=True)
     shards = []
-    for i, group in enumerate(groups):
+    for i, size in enumerate(sizes):
         prefix = split_dir / f"{i:05d}"
-        n_tok = write_indexed(prefix, group, dtype)
+        written = write_indexed(prefix, itertools.islice(docs, size), dtype)
         shards.append({
-            "path": f"{split_dir.name}/{i:05d}", "documents": len(group), "tokens": n_tok,
+            "path": f"{split_dir.name}/{i:05d}", "documents": size, "tokens": written,
             "bin_sha256": sha256_file(prefix.with_suffix(".bin")),
             "idx_sha256": sha256_file(prefix.with_suffix(".idx")),
         })

@@ -175,3 +175,16 @@ def test_two_workers_give_the_same_bytes_as_one(reference, corpus, tmp_path, mon
     monkeypatch.setattr(pipeline, "UNIT_BYTES_PER_TASK", 4000)
     prepare([str(src)], tmp_path / "w2", vocab_size=300, eval_data=ev, val_fraction=0.1, workers=2, progress=False)
     assert data_files(tmp_path / "w2") == data_files(out)
+
+
+def test_small_shard_size_splits_the_same_documents_across_shards(reference, corpus, tmp_path, monkeypatch):
+    out, full = reference
+    src, ev = corpus
+    monkeypatch.setattr(pipeline, "SHARD_TOKENS", 3000)
+    m = prepare([str(src)], tmp_path / "s", vocab_size=300, eval_data=ev, val_fraction=0.1, progress=False)
+    assert len(m["shards"]["train"]) > 2 and m["unique_tokens"] == full["unique_tokens"]
+
+    def docs(d):
+        return [ds[i].tolist() for p in shard_prefixes(d, "train") for ds in [IndexedDataset.open(p)] for i in range(len(ds))]
+
+    assert docs(tmp_path / "s") == docs(out)
