@@ -11,6 +11,9 @@ A source spec is one of:
   hf:NAME[:SPLIT]        a Hugging Face dataset through `datasets` (networked machines, or a
                          local dataset directory), split `train` by default
 
+One JSONL/Parquet file is one read unit, so one task, held in memory by that task: split big dumps
+into several files to parallelise them.
+
 Not handled: HF dataset configs or `data_dir` (export such a dataset to Parquet/JSONL and pass
 the files), per-row extension filtering of tabular sources (every row is a document), and
 encodings other than UTF-8.

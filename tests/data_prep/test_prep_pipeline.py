@@ -188,3 +188,16 @@ def test_small_shard_size_splits_the_same_documents_across_shards(reference, cor
         return [ds[i].tolist() for p in shard_prefixes(d, "train") for ds in [IndexedDataset.open(p)] for i in range(len(ds))]
 
     assert docs(tmp_path / "s") == docs(out)
+
+
+def test_a_niche_language_is_one_flag_away(tmp_path, eval_data):
+    lua = "\n".join(f"local function f{i}(x)\n  return x * {i} + {i * 3}\nend\n" for i in range(12))
+    write_files(tmp_path / "src", {"a.lua": lua, "b.lua": lua.replace("f", "g") + "\nprint(g1(2))\n",
+                                   "c.py": module(1)})
+    m = prepare([str(tmp_path / "src")], tmp_path / "out", extensions=(".lua",), vocab_size=300,
+                eval_data=eval_data, val_fraction=0, progress=False)
+    assert m["counts"]["read"] == 2 and m["documents"]["train"] == 2
+    try:
+        import tree_sitter_language_pack  # noqa: F401
+    except ImportError:  # no Lua grammar installed: counted as unchecked, not dropped
+        assert m["counts"]["notes"] == {"syntax_unchecked": 2}
