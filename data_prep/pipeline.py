@@ -71,6 +71,18 @@ def _check_args(seq_len, vocab_size, tokenizer, workers, val_fraction, max_uniqu
         raise PrepError(f"--extensions must be like .py,.pyi (got {','.join(extensions) or 'nothing'})")
 
 
+def _check_tokenizer(path) -> None:
+    from tokenizers import Tokenizer
+
+    from data_prep.tokenizer import special_token_ids
+
+    try:
+        special_token_ids(Tokenizer.from_file(str(path)))
+    except Exception as e:  # unreadable JSON or missing special tokens: one line for the user
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PrepError(f"--tokenizer {path}: {msg}") from None
+
+
 def _partition(units: list[dict]) -> list[tuple[int, int]]:
     """Contiguous unit ranges of roughly equal input bytes (independent of --workers)."""
     total = sum(max(u["size"], 1) for u in units)
@@ -138,6 +150,8 @@ def prepare(
     if not units:
         raise PrepError(f"no {'/'.join(extensions)} files found in {', '.join(sources)}")
     pieces = decontam.load_pieces(eval_data) if decontaminate else None
+    if tokenizer:
+        _check_tokenizer(tokenizer)
     if out.is_dir() and any(out.iterdir()) and not ((out / "manifest.json").exists() or (out / ".work").exists()):
         # we replace train/ and val/ in place: never do that to a directory that is not ours
         raise PrepError(f"--out {out} is not empty and not a dcoder data dir; pick a new or empty directory")
@@ -221,12 +235,7 @@ def prepare(
     from data_prep.tokenizer import special_token_ids, train_bpe
 
     if not (work / "tokenizer.json").exists():
-        if tokenizer:
-            try:
-                tok = Tokenizer.from_file(str(tokenizer))
-                special_token_ids(tok)
-            except Exception as e:
-                raise PrepError(f"--tokenizer {tokenizer}: {str(e).splitlines()[0]}") from None
+        if tokenizer:  # checked before the first write (see _check_tokenizer)
             atomic_write_bytes(work / "tokenizer.json", Path(tokenizer).read_bytes())
         else:
             say(f"  [tokenizer] training byte-level BPE, vocab {vocab_size} on {int((split == 1).sum()):,} train docs")

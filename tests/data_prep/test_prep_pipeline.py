@@ -201,3 +201,15 @@ def test_a_niche_language_is_one_flag_away(tmp_path, eval_data):
         import tree_sitter_language_pack  # noqa: F401
     except ImportError:  # no Lua grammar installed: counted as unchecked, not dropped
         assert m["counts"]["notes"] == {"syntax_unchecked": 2}
+
+
+def test_a_bad_tokenizer_file_fails_before_anything_is_written(tmp_path, corpus):
+    src, ev = corpus
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.BPE()).save(str(tmp_path / "plain.json"))  # valid file, no special tokens
+    (tmp_path / "garbage.json").write_text("{not json")
+    for bad in ("plain.json", "garbage.json"):
+        with pytest.raises(PrepError, match=f"--tokenizer .*{bad}"):
+            prepare([str(src)], tmp_path / "out", tokenizer=tmp_path / bad, eval_data=ev, progress=False)
+        assert not (tmp_path / "out").exists()
