@@ -35,6 +35,8 @@ def register(subparsers) -> None:
                    help="allow browser calls from ORIGIN (repeatable); CORS is closed by default")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 on a crowded machine)")
     p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -63,7 +65,13 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ServeError("--max-queue must be >= 0, --request-timeout > 0, --max-body-bytes >= 1024")
     import logging
 
+    import torch
     import uvicorn
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ServeError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
 
     from serving.api import ServerSettings, create_app
 
