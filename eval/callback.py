@@ -51,8 +51,10 @@ def _proxy(loaded, data_dir: str, options: dict, state: dict) -> dict[str, float
     if "questions" not in state:
         texts = validation_texts(data_dir, loaded.tokenizer)
         state["questions"] = build_questions(texts, loaded.tokenizer, options.get("questions", 200), seed)
-    return run_proxies(loaded, data_dir, cached=state["questions"], mc_samples=options.get("mc_samples", 4),
-                       line_questions=options.get("line_questions", 50), seed=seed)
+    metrics = run_proxies(loaded, data_dir, cached=state["questions"], mc_samples=options.get("mc_samples", 4),
+                          line_questions=options.get("line_questions", 50), seed=seed)
+    # Per epoch, metrics.jsonl keeps the accuracy, its stderr and n; the Wilson bounds stay in the CLI's proxy.json.
+    return {k: v for k, v in metrics.items() if not k.endswith(("_lo", "_hi"))}
 
 
 def _code_tasks(loaded, names: list[str], options: dict) -> dict[str, float]:

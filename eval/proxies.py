@@ -8,7 +8,7 @@
 2. Held-out line completion: greedy generation (through `serving.engine`) after the same
    contexts; exact match of the first generated line (whitespace-stripped).
 
-Accuracies come with a 95 % Wilson interval. Options are "\\n" + line, the context stops before
+Accuracies come with their standard error (`_stderr`) and a 95 % Wilson interval (`_lo`, `_hi`). Options are "\\n" + line, the context stops before
 that newline, so the line-start whitespace tokenizes as it does in training.
 
 Not handled: documents with fewer than two usable lines; contexts are cut to the model's
@@ -39,6 +39,14 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binomial_stderr(correct: int, total: int) -> float:
+    """Standard error of an accuracy (what dcoder's crossover report combines across runs)."""
+    if total == 0:
+        return 0.0
+    p = correct / total
+    return math.sqrt(p * (1 - p) / total)
 
 
 def validation_texts(data_dir: str, tokenizer, max_docs: int = 5000) -> list[str]:
@@ -174,7 +182,8 @@ def next_line_accuracy(model, tokenizer, questions: list[Question], *, objective
                        for s, q in zip(scores, questions, strict=True))
     n = len(questions)
     lo, hi = wilson_interval(correct, n)
-    return {"next_line_acc": correct / n if n else 0.0, "next_line_acc_lo": lo, "next_line_acc_hi": hi,
+    return {"next_line_acc": correct / n if n else 0.0, "next_line_acc_stderr": binomial_stderr(correct, n),
+            "next_line_acc_lo": lo, "next_line_acc_hi": hi,
             "next_line_acc_norm": correct_norm / n if n else 0.0, "next_line_n": float(n)}
 
 
@@ -203,7 +212,8 @@ def line_completion_exact_match(engine, questions: list[Question], *, max_extra_
         hits += text.split("\n", 1)[0].strip() == target
     n = len(questions)
     lo, hi = wilson_interval(hits, n)
-    return {"line_em": hits / n if n else 0.0, "line_em_lo": lo, "line_em_hi": hi, "line_em_n": float(n)}
+    return {"line_em": hits / n if n else 0.0, "line_em_stderr": binomial_stderr(hits, n), "line_em_lo": lo,
+            "line_em_hi": hi, "line_em_n": float(n)}
 
 
 def run_proxies(loaded, data_dir: str, *, questions: int = 1000, line_questions: int | None = None,

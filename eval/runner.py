@@ -9,6 +9,7 @@ failed / timeout / error), passed, message, plus task details (`base`/`plus` for
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -102,11 +103,26 @@ def generation_requests(task: Task, *, n_samples: int, temperature: float, max_t
     return out
 
 
-def evaluate(backend, task_names: list[str], *, data_dir: str | None = None, n_samples: int = 1,
+def evaluate(model, task_names: list[str], *, data_dir: str | None = None, n_samples: int = 1,
              temperature: float = 0.0, max_tokens: int = 384, limit: int | None = None,
              workers: int | None = None, ks=DEFAULT_KS, task_options: dict | None = None,
-             progress: bool = True, dlm=None) -> dict[str, tuple[dict, list[dict]]]:
-    """task name → (summary, per-sample rows). Greedy decoding makes n_samples > 1 pointless."""
+             progress: bool = True, dlm=None, out_dir=None) -> dict[str, tuple[dict, list[dict]]]:
+    """task name → (summary, per-sample rows); with `out_dir` also the files of eval/report.py.
+
+    `model` is a backend (eval/backends.py) or a model dir / run dir / http(s) URL, for which a
+    backend is made and closed here. Greedy decoding makes n_samples > 1 pointless.
+    """
+    if isinstance(model, str | os.PathLike):
+        from eval.backends import make_backend
+
+        backend = make_backend(str(model))
+        try:
+            return evaluate(backend, task_names, data_dir=data_dir, n_samples=n_samples, temperature=temperature,
+                            max_tokens=max_tokens, limit=limit, workers=workers, ks=ks, task_options=task_options,
+                            progress=progress, dlm=dlm, out_dir=out_dir)
+        finally:
+            backend.close()
+    backend = model
     results = {}
     for name in task_names:
         task = get_task(name, data_dir, limit, **(task_options or {}).get(name, {}))
@@ -122,4 +138,8 @@ def evaluate(backend, task_names: list[str], *, data_dir: str | None = None, n_s
         summary.update(model=backend.name, temperature=temperature, n_samples=n_samples,
                        max_tokens=max_tokens, generation_s=round(gen_s, 2))
         results[name] = (summary, rows)
+    if out_dir is not None:
+        from eval.report import write_results
+
+        write_results(out_dir, results)
     return results

@@ -107,3 +107,12 @@ def test_epoch_callback_runs_code_tasks_on_the_live_model(pair, data_dir):
     cb = make_epoch_callback(["humaneval", "infill-single"], "", eval_data_dir=data_dir, limit=1, max_tokens=4)
     m = cb(loaded.model, loaded.tokenizer, loaded.config, 1, 5)
     assert set(m) == {"humaneval/pass@1", "infill-single/pass@1"} and loaded.model.training
+
+
+def test_evaluate_takes_a_model_path_and_writes_the_out_dir(pair, data_dir, tmp_path):
+    from eval.runner import evaluate
+
+    results = evaluate(str(pair / "ar"), ["humaneval"], data_dir=data_dir, limit=1, max_tokens=4,
+                       out_dir=tmp_path / "o", progress=False)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["humaneval"]["problems"] == 1 == results["humaneval"][0]["problems"]

@@ -89,7 +89,8 @@ def test_epoch_callback_restores_training_mode(data, models):
     cb = make_epoch_callback(["proxy"], str(data[0]), questions=12, line_questions=2, mc_samples=1)
     loaded.model.train()
     m1 = cb(loaded.model, loaded.tokenizer, loaded.config, 1, 10)
-    assert loaded.model.training and "proxy/next_line_acc" in m1
+    assert loaded.model.training and "proxy/next_line_acc" in m1 and "proxy/next_line_acc_stderr" in m1
+    assert not any(k.endswith(("_lo", "_hi")) for k in m1)  # metrics.jsonl keeps stderr, not bounds
     assert cb(loaded.model, loaded.tokenizer, loaded.config, 2, 20) == m1  # same items, same weights
 
 
