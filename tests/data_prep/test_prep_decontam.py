@@ -10,8 +10,6 @@ from data_prep.decontam import BenchmarkDataError, ContaminationIndex, load_piec
 def index_and_data():
     from conftest import EVAL_DATA
 
-    if not (EVAL_DATA / "mbpp.jsonl").exists():
-        pytest.skip("benchmark files not found")
     with gzip.open(EVAL_DATA / "HumanEval.jsonl.gz", "rt") as f:
         humaneval = [json.loads(line) for line in f]
     mbpp = [json.loads(line) for line in (EVAL_DATA / "mbpp.jsonl").read_text().splitlines()]

@@ -43,8 +43,6 @@ def data_files(d: Path) -> dict[str, bytes]:
 def corpus(tmp_path_factory):
     from conftest import EVAL_DATA
 
-    if not (EVAL_DATA / "mbpp.jsonl").exists():
-        pytest.skip("benchmark files not found")
     return build_corpus(tmp_path_factory.mktemp("corpus"), EVAL_DATA), EVAL_DATA
 
 
