@@ -133,7 +133,7 @@ def prepare(
     from data_prep import decontam, minhash
     from data_prep.executors import build_executor, run_stage
     from data_prep.filters import FilterConfig, language_for
-    from data_prep.sources import enumerate_units
+    from data_prep.sources import enumerate_units, python_version_tag
     from data_prep.steps import CleanStep, TokenizeStep, read_clean_texts
 
     extensions = tuple(extensions)
@@ -164,6 +164,7 @@ def prepare(
         "text_column": text_column, "filters": asdict(filter_cfg), "decontaminate": decontaminate,
         "redact": redact, "seed": seed, "vocab_size": None if tokenizer else vocab_size,
         "tokenizer_sha256": tok_sha, "val_fraction": val_fraction, "max_unique_tokens": max_unique_tokens,
+        "stdlib_python": python_version_tag() if "stdlib" in sources else None,
         "benchmarks_sha256": hashlib.sha256(json.dumps(pieces).encode()).hexdigest() if pieces else None,
         "seq_len": seq_len, "near_dedup": {"ngram": minhash.NGRAM, "num_perm": minhash.NUM_PERM,
                                             "threshold": minhash.THRESHOLD},
