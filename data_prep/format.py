@@ -43,6 +43,10 @@ _DTYPE_CODES = {
 _CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DataDirError(ValueError):
     """A data dir that is missing, incomplete or incompatible (a user-facing, one-line error)."""
 
@@ -63,6 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; data dirs are shared on clusters
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
