@@ -7,7 +7,8 @@ between epochs on the live model (restored to its training mode afterwards):
 - any code task (humaneval, mbpp, infill-single, ...): greedy pass@1 on the first `limit`
   problems through the in-process engine.
 
-Options: questions (200), line_questions (50), mc_samples (4), seed (0), limit (20),
+Options: questions (200), line_questions (50), mc_samples (4), context_tokens (None: as many as fit),
+seed (0), limit (20),
 eval_data_dir (benchmark files; default $DCODER_EVAL_DATA / public), max_tokens (128), workers.
 Not handled: a sharded (FSDP) model: the trainer must hand a model that runs on one rank.
 """
@@ -52,7 +53,8 @@ def _proxy(loaded, data_dir: str, options: dict, state: dict) -> dict[str, float
         texts = validation_texts(data_dir, loaded.tokenizer)
         state["questions"] = build_questions(texts, loaded.tokenizer, options.get("questions", 200), seed)
     metrics = run_proxies(loaded, data_dir, cached=state["questions"], mc_samples=options.get("mc_samples", 4),
-                          line_questions=options.get("line_questions", 50), seed=seed)
+                          line_questions=options.get("line_questions", 50), seed=seed,
+                          context_tokens=options.get("context_tokens"))
     # Per epoch, metrics.jsonl keeps the accuracy, its stderr and n; the Wilson bounds stay in the CLI's proxy.json.
     return {k: v for k, v in metrics.items() if not k.endswith(("_lo", "_hi"))}
 

@@ -111,14 +111,68 @@ def build_questions(texts: list[str], tokenizer, n: int, seed: int = 0) -> list[
     return questions
 
 
-def _fit(ctx: list[int], opt: list[int], max_len: int) -> tuple[list[int], list[int]]:
-    opt = opt[: max_len - 1]
-    return ctx[-(max_len - len(opt)):] if len(ctx) + len(opt) > max_len else ctx, opt
+def _encode(tokenizer, q: Question, eos_id: int, max_len: int, context_tokens: int | None):
+    """(context ids, option ids): one context for all options, cut from the left to fit."""
+    opts = [tokenizer.encode(o).ids[: max_len - 2] for o in q.options]
+    room = max_len - max(len(o) for o in opts)
+    if context_tokens:
+        room = min(room, context_tokens)
+    # Documents follow <|endoftext|> in the packed training data (and in the engine's prompts).
+    ctx = [eos_id, *tokenizer.encode(q.context).ids][-room:]
+    return ctx, opts
+
+
+def _ar_scores(model, ctx: list[int], opts: list[list[int]], pad_id: int, device) -> list[float]:
+    """Exact sum of next-token log-probs of each option: the context once (KV cache), then the
+    options as one batch on top of it. Shapes: ctx (1, C), options (n_opt, max L - 1)."""
+    import torch
+
+    logits, past = model(torch.tensor([ctx], device=device), use_cache=True)  # (1, C, V)
+    first = logits[0, -1].log_softmax(-1)  # predicts every option's first token
+    scores = [first[o[0]].item() for o in opts]
+    T = max(len(o) for o in opts) - 1
+    if T == 0:
+        return scores
+    ids = torch.full((len(opts), T), pad_id, dtype=torch.long)
+    for i, o in enumerate(opts):
+        ids[i, : len(o) - 1] = torch.tensor(o[:-1])
+    past = [(k.expand(len(opts), -1, -1, -1), v.expand(len(opts), -1, -1, -1)) for k, v in past]
+    # Right padding is harmless: causal attention never lets a real token see a later pad.
+    logp = model(ids.to(device), past_kv=past).log_softmax(-1)  # (n_opt, T, V)
+    for i, o in enumerate(opts):
+        scores[i] += logp[i, torch.arange(len(o) - 1), torch.tensor(o[1:])].sum().item()
+    return scores
+
+
+def _dlm_rows(qi: int, ctx: list[int], opts: list[list[int]], mask_id: int, mc_samples: int, seed: int):
+    """Rows (question, option, input ids, target ids, scored positions, weight) of the MC ELBO."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + qi)
+    # Same draws for all options: a masking fraction per sample and one priority per position.
+    fracs = torch.rand(mc_samples, generator=gen)
+    prio = torch.rand(mc_samples, max(len(o) for o in opts), generator=gen)
+    rows = []
+    for oi, opt in enumerate(opts):
+        L = len(opt)
+        for k in range(mc_samples):
+            # LLaDA's estimator of the masked-diffusion ELBO: mask l ~ U{1..L} tokens, weight L/l.
+            n_mask = max(1, math.ceil(float(fracs[k]) * L))
+            masked = sorted(prio[k, :L].argsort()[:n_mask].tolist())
+            hidden = set(masked)
+            ids = ctx + [mask_id if j in hidden else t for j, t in enumerate(opt)]
+            rows.append((qi, oi, ids, [opt[j] for j in masked], [len(ctx) + j for j in masked],
+                         L / n_mask / mc_samples))
+    return rows
 
 
 def option_scores(model, tokenizer, questions: list[Question], *, objective: str, mc_samples: int = 4,
-                  seed: int = 0, batch_size: int = 32) -> list[list[float]]:
-    """Per question, the (AR exact / DLM ELBO) log-likelihood of each option given the context."""
+                  seed: int = 0, batch_size: int = 32, context_tokens: int | None = None) -> list[list[float]]:
+    """Per question, the (AR exact / DLM ELBO) log-likelihood of each option given the context.
+
+    `context_tokens` caps the context (default: as much as the model's max_seq_len allows); the
+    DLM cannot reuse a context across options, so this is its main cost knob.
+    """
     import torch
 
     from data_prep.format import EOS, MASK, PAD
@@ -126,34 +180,16 @@ def option_scores(model, tokenizer, questions: list[Question], *, objective: str
     mask_id, pad_id, eos_id = tokenizer.token_to_id(MASK), tokenizer.token_to_id(PAD), tokenizer.token_to_id(EOS)
     max_len = model.config.max_seq_len
     device = next(model.parameters()).device
-    rows = []  # (question, option, input ids, target ids, scored positions, weight)
-    for qi, q in enumerate(questions):
-        # Documents follow <|endoftext|> in the packed training data (and in the engine's prompts).
-        ctx_ids = [eos_id, *tokenizer.encode(q.context).ids]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + qi)
-        opts = [_fit(ctx_ids, tokenizer.encode(o).ids, max_len) for o in q.options]
-        longest = max(len(o) for _, o in opts)
-        # Same draws for all options: a masking fraction per sample and one priority per position.
-        fracs = torch.rand(mc_samples, generator=gen)
-        prio = torch.rand(mc_samples, longest, generator=gen)
-        for oi, (ctx, opt) in enumerate(opts):
-            L = len(opt)
-            if objective == "ar":
-                rows.append((qi, oi, ctx + opt, opt, list(range(len(ctx) - 1, len(ctx) + L - 1)), 1.0))
-                continue
-            for k in range(mc_samples):
-                # LLaDA's estimator of the masked-diffusion ELBO: mask l ~ U{1..L} tokens, weight L/l.
-                n_mask = max(1, math.ceil(float(fracs[k]) * L))
-                masked = sorted(prio[k, :L].argsort()[:n_mask].tolist())
-                hidden = set(masked)
-                ids = list(ctx) + [mask_id if j in hidden else t for j, t in enumerate(opt)]
-                rows.append((qi, oi, ids, [opt[j] for j in masked], [len(ctx) + j for j in masked],
-                             L / n_mask / mc_samples))
+    encoded = [_encode(tokenizer, q, eos_id, max_len, context_tokens) for q in questions]
     scores = [[0.0] * len(q.options) for q in questions]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
+            if objective == "ar":
+                return [_ar_scores(model, ctx, opts, pad_id, device) for ctx, opts in encoded]
+            rows = [r for qi, (ctx, opts) in enumerate(encoded) for r in _dlm_rows(qi, ctx, opts, mask_id,
+                                                                                   mc_samples, seed)]
             for b in range(0, len(rows), batch_size):
                 chunk = rows[b : b + batch_size]
                 T = max(len(r[2]) for r in chunk)
@@ -162,21 +198,28 @@ def option_scores(model, tokenizer, questions: list[Question], *, objective: str
                 for i, r in enumerate(chunk):
                     ids[i, : len(r[2])] = torch.tensor(r[2])
                     keep[i, : len(r[2])] = True
-                # DLM: padding must not be attended (bidirectional); AR pads only at the end.
-                attn = None if objective == "ar" else keep[:, None, None, :].expand(-1, 1, T, T).to(device)
-                logp = model(ids.to(device), attn_mask=attn).log_softmax(-1).cpu()  # (B, T, V)
-                for i, (qi, oi, _, targets, pos, weight) in enumerate(chunk):
-                    lp = logp[i, pos, targets].sum().item()
-                    scores[qi][oi] += weight * lp
+                # Bidirectional attention: padding must not be attended. Mask (B, 1, T, T).
+                attn = keep[:, None, None, :].expand(-1, 1, T, T).to(device)
+                logits = model(ids.to(device), attn_mask=attn)  # (B, T, V)
+                # log_softmax only where a token is scored (a few per row, not B*T*V values)
+                rows_idx = torch.tensor([i for i, r in enumerate(chunk) for _ in r[4]], device=logits.device)
+                pos_idx = torch.tensor([p for r in chunk for p in r[4]], device=logits.device)
+                tgt_idx = torch.tensor([t for r in chunk for t in r[3]], device=logits.device)
+                lp = logits[rows_idx, pos_idx].log_softmax(-1).gather(1, tgt_idx[:, None])[:, 0].cpu()
+                start = 0
+                for qi, oi, _, targets, _pos, weight in chunk:
+                    scores[qi][oi] += weight * lp[start : start + len(targets)].sum().item()
+                    start += len(targets)
     finally:
         model.train(was_training)
     return scores
 
 
 def next_line_accuracy(model, tokenizer, questions: list[Question], *, objective: str, mc_samples: int = 4,
-                       seed: int = 0) -> dict[str, float]:
+                       seed: int = 0, context_tokens: int | None = None) -> dict[str, float]:
     """Accuracy (raw and per-character normalised) with its 95 % interval."""
-    scores = option_scores(model, tokenizer, questions, objective=objective, mc_samples=mc_samples, seed=seed)
+    scores = option_scores(model, tokenizer, questions, objective=objective, mc_samples=mc_samples, seed=seed,
+                           context_tokens=context_tokens)
     correct = sum(max(range(4), key=lambda i, s=s: s[i]) == q.answer for s, q in zip(scores, questions, strict=True))
     correct_norm = sum(max(range(4), key=lambda i, s=s, q=q: s[i] / len(q.options[i])) == q.answer
                        for s, q in zip(scores, questions, strict=True))
@@ -217,12 +260,13 @@ def line_completion_exact_match(engine, questions: list[Question], *, max_extra_
 
 
 def run_proxies(loaded, data_dir: str, *, questions: int = 1000, line_questions: int | None = None,
-                mc_samples: int = 4, seed: int = 0, cached: list[Question] | None = None) -> dict[str, float]:
+                mc_samples: int = 4, seed: int = 0, cached: list[Question] | None = None,
+                context_tokens: int | None = None) -> dict[str, float]:
     """Both proxies for a `coder.export.LoadedModel`; `line_questions` defaults to min(questions, 200)."""
     qs = cached if cached is not None else build_questions(
         validation_texts(data_dir, loaded.tokenizer), loaded.tokenizer, questions, seed)
     metrics = next_line_accuracy(loaded.model, loaded.tokenizer, qs, objective=loaded.objective,
-                                 mc_samples=mc_samples, seed=seed)
+                                 mc_samples=mc_samples, seed=seed, context_tokens=context_tokens)
     n_line = min(len(qs), line_questions if line_questions is not None else 200)
     if n_line:
         from serving.engine import Engine
