@@ -12,6 +12,8 @@ max_batch 1 and max_batch 8 (throughput). Tasks:
              lines around it as prefix/suffix (same cropping)
 Exact match: the completion's first line equals the reference line (trailing spaces ignored).
 Every request uses stop=["\n"]: a single-line span, so all decoders may end at the line break.
+--no-stop drops it (a speed run: every decoder fills its span until <|endoftext|>/<|pad|>, which
+keeps outputs long enough to compare decoding speed when a weak model ends lines at once).
 The AR model sees a FIM (PSM) prompt only if it was trained with FIM; otherwise it continues the
 prefix and never sees the suffix (labelled in the output). Not measured here: GPU numbers.
 """
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--span", type=int, default=32, help="DLM canvas / max_tokens for every config")
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-stop", action="store_true", help="no stop string (speed run)")
+    ap.add_argument("--extra-tau", type=float, nargs="*", default=[], help="more thresholds (prefix cache)")
     ap.add_argument("--rounds", type=int, default=3, help="concurrency rounds (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--json", help="also write the numbers here")
@@ -142,17 +146,20 @@ def main(argv=None) -> int:
             span = args.span
             if oracle:  # the reference's own length: what variable-length infill is measured against
                 span = max(1, min(args.span, len(dlm.tokenizer.encode(it.middle).ids)))
-            return GenerationRequest(prompt=it.prefix, suffix=it.suffix, max_tokens=span, stop=["\n"],
+            return GenerationRequest(prompt=it.prefix, suffix=it.suffix, max_tokens=span, stop=stop,
                                      dlm=params)
         return make
 
     B = args.block
+    stop = [] if args.no_stop else ["\n"]
     configs = {
         "DLM vanilla (1 token/step, no cache)": (dlm, dlm_req(DLMParams(block_length=B, remasking="low_confidence",
                                                                          use_cache=False))),
         "DLM τ=0.9, no cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9, use_cache=False))),
         "DLM τ=0.9 + prefix cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9))),
         "DLM τ=0.9 + dual cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9, cache_suffix=True))),
+        **{f"DLM τ={tau} + prefix cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=tau)))
+           for tau in args.extra_tau},
         "DLM τ=0.9 + prefix cache, oracle span length": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9),
                                                                       oracle=True)),
         "DLM τ=0.9 + prefix cache, length search {8,16,32}": (dlm, dlm_req(DLMParams(block_length=B,
@@ -165,7 +172,7 @@ def main(argv=None) -> int:
         ar = Engine.from_path(args.ar, max_batch=1)
         label = "AR + KV cache (FIM prompt)" if ar.info.fim else "AR + KV cache (prefix only, no FIM)"
         configs[label] = (ar, lambda it: GenerationRequest(prompt=it.prefix, suffix=it.suffix,
-                                                           max_tokens=args.span, stop=["\n"]))
+                                                           max_tokens=args.span, stop=stop))
     # Side by side: each problem runs under every config in turn, so load from other jobs on a
     # shared machine falls on all configs alike.
     for engine, make in configs.values():
@@ -218,7 +225,7 @@ def report(args, rows: dict, conc: dict, n: int) -> str:
     base = rows["DLM vanilla (1 token/step, no cache)"]
     out = [f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
            f"Machine: {machine()}; shared with other jobs while it ran.", f"Task: {args.task}, {n} problems, "
-           f"span {args.span}, block {args.block}.", "",
+           f"span {args.span}, block {args.block}, stop {'none (speed run)' if args.no_stop else 'newline'}.", "",
            "| config | exact match | same line as τ=0.9 no cache | TPF | tokens/s | × vanilla tokens/s "
            "| p50 latency (s) | p95 latency (s) |",
            "|---|---|---|---|---|---|---|---|"]
