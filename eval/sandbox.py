@@ -1,23 +1,25 @@
-"""Run untrusted Python programs: one subprocess per program, in its own temp dir.
+"""Run untrusted Python programs: one process per program, in its own temp dir.
 
 Layers, strongest available first (`isolation()` says which applied on this machine):
 - `netns`: a new network namespace (no interfaces but a down loopback: sockets fail).
-- `pidns`: a new PID namespace; the program is PID 1 there, cannot see or signal host
-  processes (including the evaluator), and every process it forks dies with it.
-- `uid`: when the evaluator runs as root, the program runs as `nobody` (65534), so it cannot
-  write or delete files outside its temp dir and world-writable places such as /tmp.
-- always: rlimits via `prlimit` (CPU seconds, address space, file size, process count, no core
-  files), a wall-clock timeout that SIGKILLs the whole process group, stdin closed, a scrubbed
-  environment (no secrets: only PATH, LANG, HOME=temp dir), `python -I` (no user site, no
-  PYTHON* variables).
+- `pidns`: a new PID namespace; programs cannot see or signal host processes (the evaluator
+  included), and whatever they fork is killed after them.
+- `uid`: when the evaluator runs as root, programs run as `nobody` (65534), so they cannot
+  write or delete files outside their temp dir and world-writable places such as /tmp.
+- always: rlimits (CPU seconds, address space, file size, process count, no core files), a
+  wall-clock timeout that SIGKILLs everything the program started, stdin on /dev/null, a
+  scrubbed environment (no secrets: only PATH, LANG, HOME/TMPDIR = the temp dir), `python -I`.
 
-Not handled: a new mount namespace (as `nobody` the program can still read world-readable files
-and write to /tmp); without root, no uid drop (the program runs as the caller, so only
-rlimits, the namespaces and the temp dir protect the caller's files); no seccomp filter. Run
-evaluation of untrusted models in a container as well.
+Two ways to start a program, same layers: by default a fork server (eval/zygote.py) per worker
+sits inside the namespaces as their PID 1 and forks a child per program (a few ms); `fresh=True`
+starts `unshare … prlimit … python -I main.py` per program (tens of ms, the fallback when the
+fork server cannot run). Both are started from command lines, never a `preexec_fn`, so many
+threads can launch programs at once.
 
-Everything is launched through `unshare`/`prlimit` command lines (util-linux) rather than a
-`preexec_fn`, so programs can be started from many threads at once.
+Not handled: a new mount namespace (as `nobody` a program can still read world-readable files
+and write to /tmp; concurrent programs share the `nobody` uid); without root, no uid drop (the
+program runs as the caller, so only rlimits, the namespaces and the temp dir protect the
+caller's files); no seccomp filter. Run evaluation of untrusted models in a container as well.
 """
 
 from __future__ import annotations
