@@ -5,7 +5,9 @@
 reports them (via `loop.call_soon_threadsafe`). Leaving `events()` early (client disconnect,
 timeout, an exception) cancels every unfinished engine request, which frees its slot at the
 next scheduler tick. `cancel_on_disconnect` gives non-streaming handlers the same behaviour
-(the idea of vLLM's `with_cancellation`).
+(the idea of vLLM's `with_cancellation`). Streaming routes also pass `cancel_unfinished` as the
+response's background task, which Starlette runs after a disconnect even when the stream never
+started iterating.
 
 Not handled: requests are never retried or re-queued after EngineFull; the client gets a 503.
 """
@@ -50,8 +52,12 @@ class Generation:
             self.request_ids[index] = await asyncio.shield(fut)
         except asyncio.CancelledError:
             # The submit still completes on its thread: cancel what it admitted.
-            fut.add_done_callback(lambda f: f.exception() or self.engine.cancel(f.result()))
+            fut.add_done_callback(self._cancel_admitted)
             raise
+
+    def _cancel_admitted(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.engine.cancel(fut.result())
 
     def cancel_unfinished(self) -> None:
         for i, rid in enumerate(self.request_ids):

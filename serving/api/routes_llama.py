@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from data_prep.format import EOS
 from serving.api.common import SSE_HEADERS, get_engine, sse, sse_error
@@ -112,7 +113,8 @@ async def infill(body: InfillRequest, request: Request, engine=Depends(get_engin
     truncated = truncated or shrink < 1.0
     if body.stream:
         return StreamingResponse(_stream_infill(gen, body, truncated, engine.model_name),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+                                 media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(gen.cancel_unfinished))
     try:
         (f,) = await cancel_on_disconnect(request, gen.results())
     except ClientDisconnected:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from serving.api.common import (
     SSE_HEADERS,
@@ -94,7 +95,8 @@ async def completions(body: CompletionRequest, request: Request, engine=Depends(
     rid, created = new_id("cmpl"), now()
     if body.stream:
         return StreamingResponse(_stream_completion(gen, body, rid, created, model),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+                                 media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(gen.cancel_unfinished))
     try:
         results = await cancel_on_disconnect(request, gen.results())
     except ClientDisconnected:
@@ -154,7 +156,7 @@ async def fim_completions(body: FIMRequest, request: Request, engine=Depends(get
     rid, created = new_id("fim"), now()
     if body.stream:
         return StreamingResponse(_stream_fim(gen, rid, created, model), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+                                 headers=SSE_HEADERS, background=BackgroundTask(gen.cancel_unfinished))
     try:
         (f,) = await cancel_on_disconnect(request, gen.results())
     except ClientDisconnected:
