@@ -87,3 +87,10 @@ def test_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(data.URLS, "mbpp-plus", "http://127.0.0.1:9/MbppPlus.jsonl.gz")  # nothing listens
     with pytest.raises(EvalDataError, match="no local copy of mbpp-plus.*--data-dir"):
         get_task("mbpp-plus")
+
+
+def test_mbpp_samples_may_use_integer_task_ids(data_dir):
+    task = get_task("mbpp", data_dir, 2)
+    rows = score_samples(task, [{"task_id": 11, "completion": task.problems[0].reference},
+                                {"task_id": "Mbpp/12", "completion": "def f(): pass"}], workers=2)
+    assert [(r["task_id"], r["passed"]) for r in rows] == [("Mbpp/11", True), ("Mbpp/12", False)]
