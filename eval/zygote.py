@@ -2,7 +2,7 @@
 
 Started once per worker by eval/sandbox.py inside the namespaces and as the sandbox user, it
 never runs untrusted code itself: for each request it forks a child that enters the program's
-temp dir, takes the rlimits and runs `main.py` as `__main__`. Forking a warm interpreter costs
+temp dir, takes the rlimits and executes `main.py` as `__main__`. Forking a warm interpreter costs
 about a millisecond where starting a new one costs tens, which is most of the sandbox's time.
 
 Protocol, one JSON object per line: stdin {dir, argv, wall_s, cpu_s, as, fsize, nproc} →
@@ -15,15 +15,16 @@ programs of the same uid from ptracing it or reading its /proc fds.
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import resource
-import runpy
 import select
 import signal
 import sys
 import time
 import traceback
+import types
 
 PR_SET_DUMPABLE = 4
 
@@ -61,7 +62,13 @@ def setup(req):
 def run():
     code = 0
     try:
-        runpy.run_path("main.py", run_name="__main__")
+        # As `python main.py` would: a fresh __main__ module (pickle and friends look it up).
+        main = types.ModuleType("__main__")
+        main.__file__ = os.path.abspath("main.py")
+        sys.modules["__main__"] = main
+        with open("main.py", "rb") as f:
+            program = compile(f.read(), "main.py", "exec")
+        exec(program, main.__dict__)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0
@@ -103,6 +110,9 @@ def serve():
     for name in WARM:
         with contextlib.suppress(ImportError):
             __import__(name)
+    # Objects that exist now are never collected: a forked child then does not touch (and so
+    # copy) their pages when its garbage collector runs.
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

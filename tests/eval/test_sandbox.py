@@ -116,3 +116,7 @@ def test_fork_server_is_reused_and_programs_see_a_clean_interpreter():
                      "import json, os; assert not hasattr(json, 'LEAK') and not os.path.exists('x')"],
                     limits=TIGHT, workers=1)
     assert (a.status, b.status) == ("passed", "passed") and not _pool.broken
+    # a program is its own __main__ module, as under `python main.py`
+    c = run_program("import pickle, sys\nclass A:\n    pass\nassert type(pickle.loads(pickle.dumps(A()))) is A\n"
+                    "assert sys.argv == ['main.py', 'x'] and __name__ == '__main__'", argv=["x"], limits=TIGHT)
+    assert c.status == "passed", c.message
