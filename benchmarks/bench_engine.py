@@ -9,7 +9,8 @@ max_batch 1 and max_batch 8 (throughput). Tasks:
   humaneval  HumanEval-SingleLineInfilling (--n problems, a fixed seeded sample); prefix/suffix are cropped to fit
              the model's context (the tiny preset has 128 tokens), keeping the text nearest the span
   heldout    a held-out line proxy: one line of a validation document of --data-dir, with the
-             lines around it as prefix/suffix (same cropping)
+             lines around it as prefix/suffix (same cropping); `--split train` takes training
+             lines instead (memorized: shows the decoders' mechanics on a confident model, not quality)
 Exact match: the completion's first line equals the reference line (trailing spaces ignored).
 Every request uses stop=["\n"]: a single-line span, so all decoders may end at the line break.
 --no-stop drops it (a speed run: every decoder fills its span until <|endoftext|>/<|pad|>, which
@@ -62,12 +63,12 @@ def humaneval_items(path: Path, n: int) -> list[Item]:
     return [Item(r["prompt"], r["suffix"], r["canonical_solution"]) for r in rows]
 
 
-def heldout_items(data_dir: str, tok, n: int, seed: int = 0) -> list[Item]:
+def heldout_items(data_dir: str, tok, n: int, seed: int = 0, split: str = "val") -> list[Item]:
     from data_prep.format import IndexedDataset, shard_prefixes
 
     rng = random.Random(seed)
     docs = []
-    for prefix in shard_prefixes(data_dir, "val"):
+    for prefix in shard_prefixes(data_dir, split):
         ds = IndexedDataset.open(prefix)
         docs.extend(tok.decode(ds[i].tolist()) for i in range(len(ds)))
     items = []
@@ -114,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--task", choices=["humaneval", "heldout"], default="humaneval")
     ap.add_argument("--humaneval-infilling", default=str(DEFAULT_HE))
     ap.add_argument("--data-dir", help="data dir for --task heldout")
+    ap.add_argument("--split", default="val", choices=["val", "train"],
+                    help="heldout: lines of this split (train = memorized lines, decoder mechanics only)")
     ap.add_argument("--n", type=int, default=50, help="problems")
     ap.add_argument("--span", type=int, default=32, help="DLM canvas / max_tokens for every config")
     ap.add_argument("--block", type=int, default=32)
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
     else:
         if not args.data_dir:
             ap.error("--task heldout needs --data-dir")
-        raw = heldout_items(args.data_dir, dlm.tokenizer, args.n)
+        raw = heldout_items(args.data_dir, dlm.tokenizer, args.n, split=args.split)
     items = [Item(*crop(dlm.tokenizer, it.prefix, it.suffix, budget), it.middle) for it in raw]
 
     def dlm_req(params, oracle=False):
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
 def report(args, rows: dict, conc: dict, n: int) -> str:
     base = rows["DLM vanilla (1 token/step, no cache)"]
     out = [f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
-           f"Machine: {machine()}; shared with other jobs while it ran.", f"Task: {args.task}, {n} problems, "
+           f"Machine: {machine()}; shared with other jobs while it ran.", f"Task: {args.task}{' (' + args.split + ' split)' if args.task == 'heldout' else ''}, {n} problems, "
            f"span {args.span}, block {args.block}, stop {'none (speed run)' if args.no_stop else 'newline'}.", "",
            "| config | exact match | same line as τ=0.9 no cache | TPF | tokens/s | × vanilla tokens/s "
            "| p50 latency (s) | p95 latency (s) |",
