@@ -56,7 +56,7 @@ def test_data_location_errors_are_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,expected_failures", [
+@pytest.mark.parametrize("name,allowed_failures", [
     ("humaneval", set()),
     # SOURCES.md counts 499/500: Mbpp/367 fails there because its test_setup_code (which builds
     # trees from the solution's Node class) was not run after the code; we run code, setup, tests.
@@ -65,19 +65,21 @@ def test_data_location_errors_are_one_line(tmp_path, monkeypatch):
     # EvalPlus 0.3.1's find_zero oracle called _poly(*out, inp), which fails every solution of
     # HumanEval/32 (its 0.994 ceiling); we use the fixed oracle abs(_poly(*inp, out)) <= atol.
     ("humaneval-plus", set()),
-    ("mbpp-plus", {"Mbpp/255"}),  # EvalPlus 0.3.1 ceiling 0.997: times out on a plus input
+    # EvalPlus 0.3.1 ceiling 0.997: Mbpp/255 times out on plus input 89 (a large output) when the
+    # machine is busy; on a quiet one it passes, so it is allowed, not required, to fail.
+    ("mbpp-plus", {"Mbpp/255"}),
 ])
-def test_full_canonical_runs_reach_the_ceilings(name, expected_failures, data_dir):
+def test_full_canonical_runs_reach_the_ceilings(name, allowed_failures, data_dir):
     task = get_task(name, data_dir)
     rows = score_samples(task, _canonical(task), workers=2)
     failed = {r["task_id"] for r in rows if not r["passed"]}
     # Timing-based limits (the Plus tasks) can trip on a loaded machine: re-run those one at a time.
-    retry = [r for r in rows if r["status"] == "timeout" and r["task_id"] not in expected_failures]
+    retry = [r for r in rows if r["status"] == "timeout" and r["task_id"] not in allowed_failures]
     if retry:
         again = score_samples(task, [{"task_id": r["task_id"], "completion": r["completion"]} for r in retry],
                               workers=1)
         failed -= {r["task_id"] for r in again if r["passed"]}
-    assert failed == expected_failures
+    assert failed <= allowed_failures, failed - allowed_failures  # at or above the SOURCES.md ceilings
 
 
 def test_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch):
