@@ -8,7 +8,7 @@ from data_prep.decontam import BenchmarkDataError, ContaminationIndex, load_piec
 
 @pytest.fixture(scope="module")
 def index_and_data():
-    from conftest import EVAL_DATA
+    from prep_testutil import EVAL_DATA
 
     with gzip.open(EVAL_DATA / "HumanEval.jsonl.gz", "rt") as f:
         humaneval = [json.loads(line) for line in f]

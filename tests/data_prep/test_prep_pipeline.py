@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import module, write_files
+from prep_testutil import module, write_files
 from tokenizers import Tokenizer
 
 from data_prep import pipeline
@@ -41,7 +41,7 @@ def data_files(d: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from conftest import EVAL_DATA
+    from prep_testutil import EVAL_DATA
 
     return build_corpus(tmp_path_factory.mktemp("corpus"), EVAL_DATA), EVAL_DATA
 

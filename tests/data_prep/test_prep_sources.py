@@ -5,7 +5,7 @@ import subprocess
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import module, write_files
+from prep_testutil import module, write_files
 
 from data_prep.sources import SourceError, UnitReader, enumerate_units
 

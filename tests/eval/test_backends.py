@@ -5,13 +5,12 @@ import threading
 import time
 
 import pytest
+from evalutil import make_data_dir, make_model_dir
 
 from dcoder.cli import main
 from eval.backends import EngineBackend, HttpBackend, truncate_at_stop
 from eval.runner import generation_requests
 from eval.tasks import get_task
-
-from .evalutil import make_data_dir, make_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from evalutil import make_data_dir, make_model_dir, stdlib_texts
 
 from dcoder.cli import main
 from eval.memorization import TrainingIndex, benchmark_solutions, ngram_hashes, reproduced_solutions
-
-from .evalutil import make_data_dir, make_model_dir, stdlib_texts
 
 
 @pytest.fixture(scope="module")

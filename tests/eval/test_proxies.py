@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
+from evalutil import make_data_dir, make_model_dir, stdlib_texts
 
 from coder.export import load_model
 from eval.callback import make_epoch_callback
 from eval.proxies import build_questions, option_scores, run_proxies, validation_texts, wilson_interval
-
-from .evalutil import make_data_dir, make_model_dir, stdlib_texts
 
 
 @pytest.fixture(scope="module")

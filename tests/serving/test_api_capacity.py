@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import serve, settings_for
+from api_testutil import serve, settings_for
 
 # One committed token per step over a 480-token block: several seconds of work on this model.
 LONG = {"prompt": "def f(x):\n", "max_tokens": 480, "block_length": 480, "steps": 480,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY, serve, settings_for
+from api_testutil import API_KEY, serve, settings_for
 
 J = "application/json"
 BIG = "x = 1\n" * 2000  # far beyond the 512-token context

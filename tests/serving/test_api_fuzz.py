@@ -8,7 +8,7 @@ short so valid-but-large requests (n=8, max_tokens=4096) end quickly.
 from __future__ import annotations
 
 import pytest
-from conftest import serve, settings_for
+from api_testutil import serve, settings_for
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import httpx
-from conftest import serve, settings_for
+from api_testutil import serve, settings_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CONTRACT_NAMES = {
