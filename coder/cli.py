@@ -56,7 +56,9 @@ def _callback(args: argparse.Namespace):
     if not tasks:
         return None
     if factory is None:
-        raise SystemExit("--eval-tasks needs the dcoder CLI's eval callback factory")
+        from coder.config import ConfigError
+
+        raise ConfigError("--eval-tasks needs the eval stage (run through the `dcoder` CLI)")
     return factory(tasks, args.data)
 
 
