@@ -13,7 +13,7 @@ from coder_testutil import cli_sets, make_data_dir, make_tokenizer, tiny_run_con
 
 from coder.checkpoint import checkpoint_dirs, latest_checkpoint, save_checkpoint
 from coder.config import get_preset
-from coder.export import load_model
+from coder.export import export_run, load_model
 from coder.model import build_model
 from coder.train import Trainer, TrainingError, lr_at, train, train_pair
 from data_prep.format import DataDirError
@@ -107,6 +107,10 @@ def test_pair_is_matched_evaluates_per_epoch_and_exports(tmp_path, data_dir):
         assert json.loads((run / "eval" / "epoch_002.json").read_text())["proxy_acc"] == 0.52
         loaded = load_model(run)
         assert loaded.objective == obj and loaded.model.config.causal == (obj == "ar")
+        exported = load_model(export_run(run, tmp_path / "models" / obj))
+        x = torch.randint(0, 300, (1, 16))
+        with torch.no_grad():
+            torch.testing.assert_close(exported.model(x), loaded.model(x), rtol=0, atol=0)
     # resume=True on finished runs does no more steps
     again = train_pair(cfg, data_dir, tmp_path / "pair", resume=True, quiet=True)
     assert again["ar"]["step"] == result["ar"]["step"] and len(calls) == 4
