@@ -20,7 +20,9 @@ def filtered_probs(logits: Tensor, temperature: float, top_k: int, top_p: float)
     """
     if temperature <= 0:
         return torch.softmax(logits, dim=-1)
-    logits = logits / temperature
+    # Shift by the row max first: a tiny temperature then sends the others to -inf, not the max
+    # to +inf (which made softmax NaN).
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -29,6 +31,7 @@ def filtered_probs(logits: Tensor, temperature: float, top_k: int, top_p: float)
         sorted_probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the mass before it already reaches top_p (the first is always kept)
         drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+        drop_sorted[..., 0] = False  # even when top_p rounds to 0 in float32
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.softmax(logits, dim=-1)

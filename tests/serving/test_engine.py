@@ -212,3 +212,16 @@ def test_tokens_after_a_stop_string_are_not_counted(dlm):
     assert res.text == free.text[: free.text.find(stop)]
     assert res.finish_reason == "stop"
     assert 0 < res.stats.completion_tokens < free.stats.completion_tokens
+
+
+def test_vanishing_temperature_and_top_p_sample_the_argmax_without_nan():
+    import torch
+
+    from serving.engine.sampling import choose_tokens
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 10
+    gen = torch.Generator().manual_seed(1)
+    for temperature, top_p in ((1e-40, 1.0), (0.7, 1e-12), (1e-30, 1e-30)):
+        tokens, token_probs, probs = choose_tokens(logits, temperature, 0, top_p, gen)
+        assert not torch.isnan(probs).any()
+        assert torch.equal(tokens, logits.argmax(-1))
