@@ -74,6 +74,22 @@ def _fmt_rate(docs: int, nbytes: int, elapsed: float) -> str:
     return f"{docs:,} docs  {docs / e:,.0f} docs/s  {nbytes / e / 1e6:.2f} MB/s"
 
 
+def _slurm_job_alive(executor) -> bool:
+    """False once a submitted Slurm job has left the queue (finished or failed); True otherwise,
+    including for executors that are not Slurm's and when `squeue` cannot be asked."""
+    job_id = getattr(executor, "job_id", None)
+    if not job_id:
+        return True
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    # squeue exits non-zero for an unknown (long gone) job id; an empty listing means it left the queue
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def run_stage(name: str, executor, progress_dir: Path, *, show: bool = True) -> float:
     """Run `executor` to completion, printing docs/s and MB/s from the ranks' progress files.
     Returns the wall time in seconds."""
@@ -106,6 +122,9 @@ def run_stage(name: str, executor, progress_dir: Path, *, show: bool = True) -> 
         while getattr(executor, "get_incomplete_ranks", None) and executor.get_incomplete_ranks(skip_completed=True):
             if type(executor) is _QuietLocalExecutor:
                 raise RuntimeError(f"stage {name}: some ranks did not complete (see {executor.logging_dir.path}/logs)")
+            if not _slurm_job_alive(executor):
+                raise ExecutorError(f"stage {name}: Slurm job {executor.job_id} ended with ranks incomplete "
+                                    f"(see {executor.logging_dir.path}/logs); rerun to redo only those ranks")
             time.sleep(10)  # Slurm/Ray: jobs run elsewhere; wait for their completion markers
     finally:
         logger.enable("datatrove")

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from data_prep.executors import ExecutorError, build_executor, parse_executor_opts
@@ -32,3 +34,20 @@ def test_ray_executor_is_built_when_ray_is_installed(tmp_path):
 def test_unknown_executor_is_a_user_error(tmp_path):
     with pytest.raises(ExecutorError, match="unknown executor"):
         build_executor("kubernetes", [], tasks=1, workers=1, logging_dir=str(tmp_path))
+
+
+def test_a_slurm_job_that_left_the_queue_with_ranks_missing_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from data_prep.executors import ExecutorError, run_stage
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\nexit 0\n")  # an empty listing: the job is gone
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    failed_job = SimpleNamespace(job_id="4242", run=lambda: None, get_incomplete_ranks=lambda skip_completed: [3],
+                                 logging_dir=SimpleNamespace(path=str(tmp_path / "logs")))
+    with pytest.raises(ExecutorError, match="Slurm job 4242 ended with ranks incomplete"):
+        run_stage("clean", failed_job, tmp_path, show=False)
