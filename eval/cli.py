@@ -13,6 +13,7 @@ Benchmark data: --data-dir, else $DCODER_EVAL_DATA, else the public sources (see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="engine batch size (in-process models)")
     p.add_argument("--block-length", type=int, help="DLM decoding: tokens per block")
     p.add_argument("--threshold", type=float, help="DLM decoding: confidence threshold")
-    p.add_argument("--api-key", help="bearer token for an HTTP server")
+    p.add_argument("--api-key", default=os.environ.get("DCODER_API_KEY"),
+                   help="bearer token for an HTTP server (default: $DCODER_API_KEY; prefer it to the flag, which `ps` shows)")
     p.add_argument("--served-model", help="model name on the HTTP server (default: its first model)")
     p.add_argument("--proxy-data", help="data dir whose val split feeds the proxy task")
     p.add_argument("--proxy-questions", type=int, default=1000)
