@@ -97,7 +97,7 @@ def masked_diffusion_loss(
     mask = diffusion_mask(noise, eligible)
     noisy = torch.where(mask, torch.full_like(input_ids, mask_id), input_ids)
     logits = model(noisy, doc_ids=doc_ids)  # (B, L, V) float32
-    ce = F.cross_entropy(logits.view(B * L, -1), input_ids.view(-1), reduction="none").view(B, L)
+    ce = F.cross_entropy(logits.reshape(B * L, -1), input_ids.reshape(-1), reduction="none").view(B, L)
     if realised_mask_weighting:
         n = eligible.sum(1) if eligible is not None else torch.full((B,), L, device=ce.device)
         weight = n.float() / mask.sum(1).float()  # (B,) 1 / realised ratio

@@ -151,3 +151,15 @@ def test_fim_psm_and_spm_are_permutations_of_the_document():
             s, p, m = first[2:j], first[j + 1 :], np.zeros(0, np.int64)  # P M read as one run
         assert (np.concatenate([p, m, s]) == doc).all()
     assert fim_transform(row, 0.0, eos, (pre, mid, suf), np.random.default_rng(0)) is row
+
+
+def test_diffusion_loss_takes_a_length_truncated_batch():
+    # The trainer's random-length steps (1 % of DLM steps) slice the batch to x[:, :n]: not contiguous.
+    model = _model()
+    full = torch.randint(6, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    noise = draw_diffusion_noise(3, 7, torch.Generator().manual_seed(1))
+    sliced = full[:, :7]
+    assert not sliced.is_contiguous()
+    loss, _ = masked_diffusion_loss(model, sliced, noise, MASK_ID)
+    expected, _ = masked_diffusion_loss(model, sliced.contiguous(), noise, MASK_ID)
+    torch.testing.assert_close(loss, expected)
