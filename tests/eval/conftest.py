@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-DATA_DIR = Path(os.environ.get("DCODER_EVAL_DATA", SHARED))
+DATA_DIR = Path(os.environ.get("DCODER_EVAL_DATA") or SHARED)
 
 
 @pytest.fixture
