@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def quickstart(args: argparse.Namespace) -> int:
     print(f"    ({done.stats.forward_passes} forward passes, {done.stats.tokens_per_forward:.2f} tokens/forward)")
 
     print(f"\nDone in {(time.monotonic() - t_all) / 60:.1f} min. Serve the DLM for your editor:\n")
-    print(f"    {Path(sys.argv[0]).name if sys.argv else 'dcoder'} serve {models / 'dlm'} --port 8000\n")
+    print(f"    dcoder serve {models / 'dlm'} --port 8000 --threads 1\n")
     print("    curl -s localhost:8000/infill -H 'Content-Type: application/json' \\\n"
           "      -d '{\"input_prefix\": \"def add(a, b):\\n    \", \"input_suffix\": \"\\n\", \"n_predict\": 16}'\n")
     print("    curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
