@@ -164,7 +164,11 @@ def write_report(run_dirs: list[Path], metric: str | None = None) -> Path:
         raise CrossoverError(f"metric {metric!r} not in both runs' eval lines; have: {', '.join(metrics) or 'none'}")
 
     lines = [f"# AR vs DLM crossover report: `{out}`", ""]
-    lines += [f"Unique training tokens: {ar.unique_tokens:,}. Epochs evaluated: AR {len(ar.evals)}, DLM {len(dlm.evals)}.", ""]
+    def n_evaluated(c: RunCurves) -> int:
+        return sum(1 for r in c.evals.values() if any(k in r for k in metrics))
+
+    lines += [f"Unique training tokens: {ar.unique_tokens:,}. Epochs with downstream evals: AR {n_evaluated(ar)}, "
+              f"DLM {n_evaluated(dlm)}.", ""]
     plots = []
     # validation loss: AR NLL vs DLM ELBO bound
     for xname in ("epoch", "tokens"):
