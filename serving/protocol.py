@@ -37,6 +37,7 @@ MIN_TOP_P = 1e-6
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 StopWord = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopWord], Field(max_length=MAX_STOP)]
 
 
 class UnsupportedOption(ValueError):
@@ -121,7 +122,7 @@ class CompletionRequest(DLMKnobs):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=1_000_000, description="Extension (as vLLM): 0 = off.")
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: StopWord | list[StopWord] | None = Field(None, description=f"Up to {MAX_STOP} stop sequences.")
+    stop: StopWord | StopList | None = Field(None, description=f"Up to {MAX_STOP} stop sequences.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -132,13 +133,6 @@ class CompletionRequest(DLMKnobs):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Only 0 is supported.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported unless empty.")
     user: str | None = Field(None, max_length=256)
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v):
-        if isinstance(v, list) and len(v) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences")
-        return v
 
     @field_validator("prompt")
     @classmethod
@@ -229,16 +223,9 @@ class FIMRequest(DLMKnobs):
     min_tokens: int | None = Field(None, ge=0, le=0, description="Only 0 is supported.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (or below 1e-3) = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: StopWord | list[StopWord] | None = None
+    stop: StopWord | StopList | None = None
     stream: bool = False
     random_seed: int | None = Field(None, ge=0, le=2**63 - 1)
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v):
-        if isinstance(v, list) and len(v) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences")
-        return v
 
     @model_validator(mode="after")
     def _not_empty(self):
@@ -302,7 +289,7 @@ class InfillRequest(DLMKnobs):
     temperature: float = Field(0.8, ge=-10.0, le=10.0, description="Below 1e-3 (or <= 0) = greedy.")
     top_k: int = Field(40, ge=0, le=1_000_000, description="0 = off.")
     top_p: float = Field(0.95, ge=0.0, le=1.0, description="0 = greedy.")
-    stop: list[StopWord] = Field(default_factory=list, max_length=MAX_STOP)
+    stop: StopList = Field(default_factory=list)
     stream: bool = False
     seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1 = random.")
     t_max_predict_ms: int = Field(0, ge=0, le=600_000, description="Generation time limit; 0 = none.")
