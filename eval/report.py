@@ -65,6 +65,8 @@ def _load_evals(run_dir: Path) -> dict[str, dict[str, float]]:
         found[f"epoch {int(f.stem.split('_')[1])}"] = _flat_metrics(json.loads(f.read_text()))
     if (run_dir / "summary.json").exists():
         found["final"] = _flat_metrics(json.loads((run_dir / "summary.json").read_text()))
+    if (run_dir / "proxy.json").exists():  # `dcoder eval --tasks proxy` writes its metrics beside the summary
+        found.setdefault("final", {}).update(_flat_metrics(json.loads((run_dir / "proxy.json").read_text())))
     return found
 
 

@@ -42,3 +42,11 @@ def test_pair_comparison_puts_ar_and_dlm_side_by_side(tmp_path):
     assert "| epoch 1 | proxy/next_line_acc | 0.2500 | 0.5000 | +0.2500 |" in text
     assert main(["eval-compare", str(tmp_path)]) == 0 and (tmp_path / "comparison.md").exists()
     assert "pass@1" in markdown_table({"t": {"problems": 1, "samples": 1, "pass@1": 1.0}})
+
+
+def test_pair_comparison_includes_proxy_results(tmp_path):
+    for side, acc in (("ar", 0.40), ("dlm", 0.45)):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "proxy.json").write_text(json.dumps({"proxy/next_line_acc": acc, "proxy/next_line_n": 500}))
+    text = compare_pair(tmp_path)
+    assert "| final | proxy/next_line_acc | 0.4000 | 0.4500 | +0.0500 |" in text
