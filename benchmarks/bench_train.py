@@ -6,7 +6,8 @@ Side by side in one process, same batch (tiny: 32 × 128 tokens) and dtype (fp32
 also both under CPU bf16 autocast), grad clipping, next-token CE on random tokens:
   transformers        Qwen3ForCausalLM built from the config our AR export writes, loss from
                       `labels` (its standard training path), torch's default AdamW
-  ours (model only)   coder.model.Transformer in that same plain loop
+  ours (model only)   coder.model.Transformer in that same plain loop, loss from `targets` (its
+                      training path: the LM head fused with the CE, no full logits tensor)
   ours (trainer, …)   coder.train.Trainer.train_step: the real training step as shipped (data from
                       a memmapped data dir, AR and DLM objectives, fused AdamW; --compile adds
                       the trainer with torch.compile)
@@ -32,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,8 +75,7 @@ def plain_step(model, batches, hf: bool, bf16: bool = False):
             if hf:
                 loss = model(input_ids=x, labels=x).loss
             else:
-                logits = model(x[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                loss = model(x[:, :-1], targets=x[:, 1:])  # our training path: fused LM head + CE
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

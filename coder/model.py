@@ -3,7 +3,9 @@
 RMSNorm, RoPE (rotate-half, as Qwen3), SwiGLU, QK-norm, no biases, untied LM head, GQA-capable,
 attention through `F.scaled_dot_product_attention` (flash/efficient kernels on GPU when no
 explicit mask is passed). `config.causal` is the only switch between AR and DLM. The backbone
-returns logits; losses live in `coder/objectives.py`.
+returns logits; losses live in `coder/objectives.py`. For training, `forward(targets=...)` instead
+returns the (weighted) cross-entropy through `linear_cross_entropy`, which fuses the LM head with
+the loss so the (tokens × vocab) logits never exist at once.
 
 Module names follow HF `Qwen3ForCausalLM` (`model.layers.N.self_attn.q_proj`, ...), so export is
 a rename-free state-dict copy.
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from coder.config import ModelConfig
 
 KV = tuple[Tensor, Tensor]  # per layer: (k, v), each (B, n_kv_heads, S, head_dim), RoPE applied
+CE_CHUNK_ROWS = 512  # rows of logits alive at once in linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -151,8 +154,14 @@ class Transformer(nn.Module):
         past_kv: list[KV] | None = None,  # per layer, from an earlier call with use_cache=True
         use_cache: bool = False,
         logits_at: Tensor | None = None,  # (B, K) long: only these of the T positions get logits
+        targets: Tensor | None = None,  # (B, T) long: return the CE loss against these instead
+        target_weights: Tensor | None = None,  # (B, T) float weight per position (None: the mean)
     ) -> Tensor | tuple[Tensor, list[KV]]:
         """Logits (B, T, vocab) in float32; with `use_cache` also the per-layer KV (past + new).
+
+        With `targets` the result is the scalar Σ weight · CE(logits, target) (the mean CE when
+        `target_weights` is None), computed by `linear_cross_entropy` without materialising the
+        logits; positions of weight 0 get no LM head at all (the DLM's unmasked tokens).
 
         With `logits_at` the logits are (B, K, vocab) for those positions only: decoding needs a
         few rows (AR: the last token; DLM: the current block), and the LM head is a large share
@@ -189,10 +198,72 @@ class Transformer(nn.Module):
                 x, kv = layer(x, cos, sin, mask, is_causal, past)
             if use_cache:
                 new_kv.append(kv)
+        if targets is not None:
+            h, y = x.reshape(B * T, -1), targets.reshape(-1)
+            if target_weights is None:
+                w = torch.full((B * T,), 1.0 / (B * T), device=x.device)
+            else:  # rows of weight 0 need no logits (one host sync for the count)
+                keep = target_weights.reshape(-1).nonzero().squeeze(1)
+                h, y, w = h[keep], y[keep], target_weights.reshape(-1)[keep].float()
+            return linear_cross_entropy(self.model.norm(h), self.lm_head.weight, y, w)
         if logits_at is not None:
             x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, d_model)
         logits = self.lm_head(self.model.norm(x)).float()
         return (logits, new_kv) if use_cache else logits
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Σ_n w_n · CE(h_n · Wᵀ, y_n) in row chunks, with both gradients formed in the forward pass.
+
+    Per chunk: logits = h Wᵀ (float32), p = softmax(logits), loss += w · (logsumexp − logit_y),
+    and since d loss / d logits = w · (p − onehot(y)) is known right there, grad_h and grad_W are
+    accumulated at once and the chunk's logits are dropped. Against `F.cross_entropy(lm_head(h))`
+    this skips storing (N × vocab) logits for backward and two more passes over them
+    (log-softmax backward, the one-hot fill): about a fifth of a tiny-preset step on CPU.
+    Matmuls run in h's dtype (bf16 under mixed precision), the softmax in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, y: Tensor, w: Tensor, chunk: int) -> Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        W = weight.to(h.dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+        for s in range(0, h.shape[0], chunk):
+            hc, yc, wc = h[s : s + chunk], y[s : s + chunk], w[s : s + chunk]
+            logits = (hc @ W.t()).float()
+            lse = torch.logsumexp(logits, 1)
+            loss += (wc * (lse - logits.gather(1, yc[:, None]).squeeze(1))).sum()
+            if need_h or need_w:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                p[torch.arange(len(yc), device=p.device), yc] -= 1.0
+                p = p.mul_(wc[:, None]).to(h.dtype)
+                if need_h:
+                    torch.mm(p, W, out=grad_h[s : s + chunk])
+                if need_w and p.dtype == torch.float32:
+                    grad_w.addmm_(p.t(), hc)
+                elif need_w:  # low-precision matmul, float32 accumulation across chunks
+                    grad_w += (p.t() @ hc).float()
+        ctx.save_for_backward(grad_h if need_h else None, grad_w.to(weight.dtype) if need_w else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None,
+                grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None, None, None, None)
+
+
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor,
+                         chunk: int = CE_CHUNK_ROWS) -> Tensor:
+    """Σ weights · CE(h @ weightᵀ, targets): h (N, d), weight (vocab, d), targets (N,) long,
+    weights (N,) float. The LM head and the loss in one pass (see `_LinearCrossEntropy`)."""
+    device = h.device.type
+    if torch.is_autocast_enabled(device):  # the matmuls in autocast's dtype, as nn.Linear would
+        h = h.to(torch.get_autocast_dtype(device))
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(h, weight, targets, weights.to(torch.float32), chunk)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = 0) -> Transformer:

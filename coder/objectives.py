@@ -96,14 +96,13 @@ def masked_diffusion_loss(
     noise = DiffusionNoise(noise.t, noise.u[:, :L], noise.force % L)
     mask = diffusion_mask(noise, eligible)
     noisy = torch.where(mask, torch.full_like(input_ids, mask_id), input_ids)
-    logits = model(noisy, doc_ids=doc_ids)  # (B, L, V) float32
-    ce = F.cross_entropy(logits.reshape(B * L, -1), input_ids.reshape(-1), reduction="none").view(B, L)
     if realised_mask_weighting:
-        n = eligible.sum(1) if eligible is not None else torch.full((B,), L, device=ce.device)
+        n = eligible.sum(1) if eligible is not None else torch.full((B,), L, device=input_ids.device)
         weight = n.float() / mask.sum(1).float()  # (B,) 1 / realised ratio
     else:
         weight = 1.0 / noise.t
-    loss = (ce * mask * weight[:, None]).sum() / (B * L)
+    # the model's fused LM head + CE: logits only at the masked positions (weight 0 elsewhere)
+    loss = model(noisy, doc_ids=doc_ids, targets=input_ids, target_weights=mask * weight[:, None] / (B * L))
     return loss, mask.sum()
 
 
@@ -123,8 +122,7 @@ def next_token_loss(
             raise ValueError("input_mask_prob needs mask_id")
         drop = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
         x = torch.where(drop.to(x.device) < input_mask_prob, torch.full_like(x, mask_id), x)
-    logits = model(x, doc_ids=doc_ids[:, :-1] if doc_ids is not None else None)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return model(x, doc_ids=doc_ids[:, :-1] if doc_ids is not None else None, targets=y)
 
 
 # ------------------------------------------------------------------ batch transforms (numpy, host)

@@ -163,3 +163,38 @@ def test_diffusion_loss_takes_a_length_truncated_batch():
     loss, _ = masked_diffusion_loss(model, sliced, noise, MASK_ID)
     expected, _ = masked_diffusion_loss(model, sliced.contiguous(), noise, MASK_ID)
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("chunk", [7, 512])
+def test_fused_lm_head_loss_matches_logits_then_cross_entropy_in_value_and_gradients(chunk):
+    from coder.model import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(50, 16, generator=gen, requires_grad=True)
+    w = (torch.randn(40, 16, generator=gen) * 0.3).requires_grad_()
+    y = torch.randint(0, 40, (50,), generator=gen)
+    weights = torch.rand(50, generator=gen)
+    fused = linear_cross_entropy(h, w, y, weights, chunk=chunk)
+    fused.mul(2.5).backward()  # a non-unit upstream gradient
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = (F.cross_entropy(h @ w.t(), y, reduction="none") * weights).sum()
+    ref.mul(2.5).backward()
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(grads[0], h.grad)
+    torch.testing.assert_close(grads[1], w.grad)
+
+
+def test_dlm_loss_gradients_match_the_unfused_computation():
+    model = _model()
+    x = torch.randint(6, 300, (2, 12), generator=torch.Generator().manual_seed(4))
+    noise = draw_diffusion_noise(2, 12, torch.Generator().manual_seed(6))
+    loss, _ = masked_diffusion_loss(model, x, noise, MASK_ID)
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    mask = diffusion_mask(noise)
+    ce = F.cross_entropy(model(torch.where(mask, MASK_ID, x)).view(24, -1), x.view(-1), reduction="none").view(2, 12)
+    ((ce * mask / noise.t[:, None]).sum() / 24).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, msg=n)
