@@ -236,9 +236,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(logits, 1)
             loss += (wc * (lse - logits.gather(1, yc[:, None]).squeeze(1))).sum()
             if need_h or need_w:
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                p[torch.arange(len(yc), device=p.device), yc] -= 1.0
-                p = p.mul_(wc[:, None]).to(h.dtype)
+                # w · softmax in two in-place passes: exp(logit − lse + log w); w = 0 gives 0
+                p = logits.sub_((lse - wc.log())[:, None]).exp_()
+                p[torch.arange(len(yc), device=p.device), yc] -= wc
+                p = p.to(h.dtype)
                 if need_h:
                     torch.mm(p, W, out=grad_h[s : s + chunk])
                 if need_w and p.dtype == torch.float32:

@@ -174,6 +174,7 @@ def test_fused_lm_head_loss_matches_logits_then_cross_entropy_in_value_and_gradi
     w = (torch.randn(40, 16, generator=gen) * 0.3).requires_grad_()
     y = torch.randint(0, 40, (50,), generator=gen)
     weights = torch.rand(50, generator=gen)
+    weights[::5] = 0.0  # positions that must contribute nothing
     fused = linear_cross_entropy(h, w, y, weights, chunk=chunk)
     fused.mul(2.5).backward()  # a non-unit upstream gradient
     grads = h.grad.clone(), w.grad.clone()
