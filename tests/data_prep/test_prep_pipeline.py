@@ -178,7 +178,7 @@ def test_two_workers_give_the_same_bytes_as_one(reference, corpus, tmp_path, mon
 def test_small_shard_size_splits_the_same_documents_across_shards(reference, corpus, tmp_path, monkeypatch):
     out, full = reference
     src, ev = corpus
-    monkeypatch.setattr(pipeline, "SHARD_TOKENS", 3000)
+    monkeypatch.setattr(pipeline, "SHARD_TOKENS", full["unique_tokens"] // 4)
     m = prepare([str(src)], tmp_path / "s", vocab_size=300, eval_data=ev, val_fraction=0.1, progress=False)
     assert len(m["shards"]["train"]) > 2 and m["unique_tokens"] == full["unique_tokens"]
 
