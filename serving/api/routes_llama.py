@@ -59,19 +59,17 @@ def _fit(engine, body: InfillRequest, n_predict: int, shrink: float) -> tuple[st
     return prefix, suffix, True
 
 
-def _stop_type(f: Finished, stops: list[str]) -> str:
+def _stop_type(f: Finished) -> str:
     if f.finish_reason in ("length", "deadline"):
         return "limit"
-    # Known limit: the engine does not report which stop fired, so with stop words given an
-    # end-of-sequence stop is also reported as "word".
-    return "word" if stops else "eos"
+    return "word" if f.stop_word else "eos"
 
 
 def _response(f: Finished, body: InfillRequest, truncated: bool, model: str) -> InfillResponse:
     s = f.stats
     predicted_s = max(s.total_time_s - s.queue_time_s, 1e-9)
     return InfillResponse(
-        content=f.text, stop_type=_stop_type(f, body.stop), tokens_predicted=s.completion_tokens,
+        content=f.text, stop_type=_stop_type(f), stopping_word=f.stop_word, tokens_predicted=s.completion_tokens,
         tokens_evaluated=s.prompt_tokens, truncated=truncated, model=model,
         timings=InfillTimings(
             prompt_n=s.prompt_tokens, prompt_ms=s.queue_time_s * 1000, predicted_n=s.completion_tokens,

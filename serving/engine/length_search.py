@@ -37,4 +37,5 @@ def generate_with_length_search(engine: Engine, req: GenerationRequest,
         queue_time_s=min(r.stats.queue_time_s for r in results),
         total_time_s=max(r.stats.total_time_s for r in results),
     )
-    return Finished(req.request_id or best.request_id, best.text, best.finish_reason, stats, best.error)
+    return Finished(req.request_id or best.request_id, best.text, best.finish_reason, stats, best.error,
+                    best.stop_word)

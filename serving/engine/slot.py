@@ -73,6 +73,7 @@ class Slot(abc.ABC):
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         self.generator = torch.Generator(device=info.device).manual_seed(seed)
         self.text = ""  # the completion so far (final tokens only, cut at a stop string)
+        self.stop_word = ""  # the stop string that cut it, once one has
         self._emitted = ""
         self._holdback = max((len(s) for s in req.stop if s), default=1) - 1
         sp = info.special
@@ -114,12 +115,12 @@ class Slot(abc.ABC):
             self.stats.time_to_first_commit_s = now - self.t_submit
         decode = lambda k: self.info.tokenizer.decode(ids[:k], skip_special_tokens=False)
         text = decode(len(ids))
-        hits = [(i, len(s)) for s in self.req.stop if s and (i := text.find(s)) >= 0]
+        hits = [(i, len(s), s) for s in self.req.stop if s and (i := text.find(s)) >= 0]
         self.stats.completion_tokens = len(ids)
         if not hits:
             self.text = text
             return False
-        cut, n = min(hits)
+        cut, n, self.stop_word = min(hits)  # the earliest; at a tie the shorter one
         self.text = text[:cut]
         lo, hi = 1, len(ids)  # smallest k whose text already reaches the end of the stop string
         while lo < hi:
@@ -149,7 +150,8 @@ class Slot(abc.ABC):
             return
         self.stream(final=True)
         self.stats.total_time_s = now - self.t_submit
-        self.finished = Finished(self.request_id, self.text, reason, self.stats, error)
+        self.finished = Finished(self.request_id, self.text, reason, self.stats, error,
+                                 self.stop_word if reason == "stop" else "")
         if self.on_release is not None:  # before the event, so the caller may reuse the id at once
             self.on_release(self.request_id)
         self._send(self.finished)

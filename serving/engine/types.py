@@ -82,6 +82,7 @@ class Finished:
     finish_reason: FinishReason
     stats: RequestStats
     error: str | None = None
+    stop_word: str = ""  # the stop string that ended it ("" when it ended otherwise)
 
 
 class InvalidRequest(ValueError):

@@ -16,6 +16,7 @@ def test_infill_answers_llama_cpp_fields(dlm_server):
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["stop"] is True and out["stop_type"] in ("eos", "limit") and out["truncated"] is False
+    assert out["stopping_word"] == ""
     assert 0 < out["tokens_predicted"] <= 16 and out["tokens_evaluated"] > 0
     assert out["timings"]["predicted_per_second"] > 0 and out["timings"]["predicted_n"] == out["tokens_predicted"]
     # Same layout as a direct engine infill: prefix + prompt before the span.
@@ -84,3 +85,14 @@ def test_fim_completions_codestral_shape(dlm_server):
     assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == \
         out["choices"][0]["message"]["content"]
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_stop_word_reports_which_word_fired(dlm_server):
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 16, "temperature": 0}
+    with dlm_server.client() as c:
+        free = c.post("/infill", json=body).json()["content"]
+        assert len(free) >= 4, free  # the tiny random model fills its span with something
+        stop = free[2:4]
+        out = c.post("/infill", json={**body, "stop": ["\x00never", stop]}).json()
+    assert out["stop_type"] == "word" and out["stopping_word"] == stop
+    assert out["content"] == free[: free.find(stop)]

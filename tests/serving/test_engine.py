@@ -118,9 +118,12 @@ def test_stop_string_ends_and_is_excluded(ar):
     with Engine(ar) as engine:
         free = engine.generate(GenerationRequest(prompt="def add(", max_tokens=20)).text
         stop = free[5:7]
-        res = engine.generate(GenerationRequest(prompt="def add(", max_tokens=20, stop=[stop]))
+        res = engine.generate(GenerationRequest(prompt="def add(", max_tokens=20, stop=["\x00never", stop]))
+        plain = engine.generate(GenerationRequest(prompt="def add(", max_tokens=20))
     assert res.finish_reason == "stop"
     assert res.text == free[: free.find(stop)]
+    assert res.stop_word == stop  # which of the stop strings fired (llama.cpp's stopping_word)
+    assert plain.stop_word == ""
 
 
 def test_admission_limits_and_user_errors(ar):
