@@ -228,3 +228,13 @@ def test_vanishing_temperature_and_top_p_sample_the_argmax_without_nan():
         tokens, token_probs, probs = choose_tokens(logits, temperature, 0, top_p, gen)
         assert not torch.isnan(probs).any()
         assert torch.equal(tokens, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("which", ["ar", "dlm"])
+def test_a_prompt_ending_in_blanks_is_continued_as_if_the_model_had_written_them(which, request):
+    # whitespace healing: "...\n    " is decoded from "...\n", the model writes the indentation
+    loaded = request.getfixturevalue(which)
+    with Engine(loaded) as engine:
+        bare = engine.generate(GenerationRequest(prompt="def add(a, b):\n", max_tokens=12)).text
+        healed = engine.generate(GenerationRequest(prompt="def add(a, b):\n    ", max_tokens=12)).text
+    assert healed == (bare[4:] if bare.startswith("    ") else bare.lstrip(" \t"))
