@@ -139,7 +139,7 @@ class Trainer:
         if ckpt is not None and not resume:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume or choose a new --out")
         self._check_resumable_config(ckpt)
-        self.data = TrainData(data_dir, t.seq_len, t.global_batch, t.seed)
+        self.data = TrainData(data_dir, t.seq_len, t.global_batch, t.seed, repack=t.repack_each_epoch)
         _check_data(self.cfg, self.data, self.run_dir)
         from tokenizers import Tokenizer
 
