@@ -67,7 +67,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 0  # steps between checkpoints (0 = once per epoch)
-    eval_every: int = 0  # steps between evals (0 = once per epoch)
+    eval_every: int = 0  # steps between extra evals inside epochs (0 = at epoch ends only)
     repack_each_epoch: bool = True  # new document order (so new chunk boundaries) every epoch
     keep_last: int = 2  # checkpoints kept on disk
     # objective options (all off in the matched recipe)

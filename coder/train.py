@@ -12,8 +12,11 @@ noise), then the eval callback (rank 0; handed a full, unsharded model), then a 
 Run dir: config.json (resolved RunConfig), tokenizer.json, metrics.jsonl, checkpoints/,
 eval/epoch_NNN.json, tensorboard/ (only if TensorBoard is importable).
 
-Not handled: pipeline/tensor parallelism, mid-epoch eval (eval_every is accepted but evals run
-at epoch ends), changing the world size on resume when the global batch no longer divides.
+With `eval_every` N > 0, validation and the callback also run every N steps inside an epoch
+(eval/step_NNNNNNNN.json); epoch ends are always evaluated.
+
+Not handled: pipeline/tensor parallelism, changing the world size on resume when the global batch
+no longer divides.
 """
 
 from __future__ import annotations
@@ -338,7 +341,9 @@ class Trainer:
         model.load_state_dict(full, assign=True)
         return model.to(self.info.device)
 
-    def end_of_epoch(self, step: int, epoch: float) -> None:
+    def end_of_epoch(self, step: int, epoch: float, name: str | None = None) -> None:
+        """Validation loss, then the eval callback (its results in eval/`name`, by default
+        eval/epoch_NNN.json)."""
         val = self.validation_loss()
         record = {"type": "val", "step": step, "epoch": epoch, **self._counters()}
         if val is not None:
@@ -354,8 +359,8 @@ class Trainer:
                 results = self.eval_callback(model, self.tokenizer, self.cfg, epoch, step)
                 model.train()
                 results = {k: float(v) for k, v in (results or {}).items()}
-                atomic_write_json(self.run_dir / "eval" / f"epoch_{math.ceil(epoch - 1e-9):03d}.json",
-                                  {"epoch": epoch, "step": step, **results})
+                name = name or f"epoch_{math.ceil(epoch - 1e-9):03d}.json"
+                atomic_write_json(self.run_dir / "eval" / name, {"epoch": epoch, "step": step, **results})
                 self._write({"type": "eval", "step": step, "epoch": epoch, **self._counters(), **results})
             D.barrier()
 
@@ -401,6 +406,7 @@ class Trainer:
             self.step += 1
             epoch_end = int(sampler.epoch_progress) > epoch_before or self.step == self.stop_step
             save_due = t.save_every and self.step % t.save_every == 0
+            eval_due = t.eval_every and self.step % t.eval_every == 0 and not epoch_end
             if self.step % t.log_every == 0 or epoch_end or save_due:
                 loss = float(D.all_reduce_mean(window / window_steps))  # the only regular host sync
                 if not math.isfinite(loss):
@@ -420,6 +426,8 @@ class Trainer:
                 crossed = int(sampler.epoch_progress) > epoch_before
                 self.end_of_epoch(self.step, float(int(sampler.epoch_progress)) if crossed
                                   else round(sampler.epoch_progress, 6))
+            elif eval_due:
+                self.end_of_epoch(self.step, round(sampler.epoch_progress, 6), name=f"step_{self.step:08d}.json")
             if epoch_end or save_due:
                 self.save()
         if self.tb is not None:

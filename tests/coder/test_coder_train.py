@@ -168,3 +168,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_eval_every_adds_evaluations_inside_the_epoch(tmp_path, data_dir):
+    steps = []
+    cfg = tiny_run_config("ar", epochs=1.0)
+    cfg.train.eval_every = 2
+    result = train(cfg, data_dir, tmp_path / "run", quiet=True,
+                   eval_callback=lambda model, tok, c, epoch, step: steps.append(step) or {"acc": step / 100})
+    last = result["step"]
+    assert last > 4 and steps == [s for s in range(2, last, 2)] + [last]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["type"] == "val"] == steps
+    assert json.loads((tmp_path / "run" / "eval" / "step_00000002.json").read_text())["acc"] == 0.02
