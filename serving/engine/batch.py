@@ -35,11 +35,12 @@ class StepInput:
     want_kv: bool = False  # return this row's KV (past + new) for caching
     logits_from: int = 0  # logits are needed for new tokens [logits_from, logits_to) only
     logits_to: int | None = None  # None: up to the last new token
+    logits_idx: Tensor | None = None  # (K,) long: exactly these new tokens instead (wins over the span)
 
 
 @dataclass
 class StepOutput:
-    logits: Tensor  # (logits_to - logits_from, vocab) float32
+    logits: Tensor  # (logits_to - logits_from or len(logits_idx), vocab) float32
     kv: list[KV] | None  # per layer (1, H_kv, S+T, D) when the row asked for it
 
 
@@ -53,10 +54,12 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
     lens_past = [int(r.past[0][0].shape[2]) if r.past else 0 for r in rows]
     S = max(lens_past)
 
-    spans = [(r.logits_from, r.logits_to if r.logits_to is not None else t) for r, t in zip(rows, lens_new, strict=True)]
-    K = max(b - a for a, b in spans)
+    wanted = [r.logits_idx.to(device) if r.logits_idx is not None else
+              torch.arange(r.logits_from, r.logits_to if r.logits_to is not None else t, device=device)
+              for r, t in zip(rows, lens_new, strict=True)]
+    K = max(len(w) for w in wanted)
     # (B, K): wanted positions, short rows repeat their last one (dropped below)
-    logits_at = torch.stack([a + torch.arange(K, device=device).clamp(max=b - a - 1) for a, b in spans])
+    logits_at = torch.stack([w[torch.arange(K, device=device).clamp(max=len(w) - 1)] for w in wanted])
 
     input_ids = torch.zeros(B, T, dtype=torch.long, device=device)
     positions = torch.zeros(B, T, dtype=torch.long, device=device)
@@ -102,8 +105,7 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
                  torch.cat([v[i : i + 1, :, :s], v[i : i + 1, :, S : S + t]], dim=2))
                 for k, v in new_kv
             ]
-        a, b = spans[i]
-        results.append(StepOutput(logits=logits[i, : b - a], kv=kv))
+        results.append(StepOutput(logits=logits[i, : len(wanted[i])], kv=kv))
     return results
 
 

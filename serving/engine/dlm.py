@@ -70,17 +70,18 @@ class DLMSlot(Slot):
         else:
             self.mode = "block" if self.params.cache_suffix else "tail"
         bs, be = self.block_span()
-        if self.mode == "deadline":  # logits for the whole canvas
-            return StepInput(self.x, self.positions, logits_from=self.Lp, logits_to=self.Lp + self.G)
-        if self.mode in ("full", "refresh"):
-            return StepInput(self.x, self.positions, want_kv=self.mode == "refresh", logits_from=bs,
-                             logits_to=be)
+        # logits only where a token is still to be chosen: every mask left (deadline) or this block's
+        self.todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # sequence indices
+        if self.mode != "deadline":
+            self.todo = self.todo[self.todo < be]
+        if self.mode in ("deadline", "full", "refresh"):
+            return StepInput(self.x, self.positions, want_kv=self.mode == "refresh", logits_idx=self.todo)
         end = be if self.mode == "block" else self.x.numel()
-        return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached, logits_to=be - bs)
+        return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached, logits_idx=self.todo - bs)
 
     def advance(self, out: StepOutput, now: float) -> None:
         bs, be = self.block_span()
-        offset = self.Lp if self.mode == "deadline" else bs  # sequence index of logits row 0
+        todo = self.todo  # logits row j belongs to sequence index todo[j]
         if self.mode == "refresh":
             # keep keys/values of the prompt and committed blocks (and, dual cache, of the
             # later blocks + suffix); each (1, H_kv, S, D)
@@ -89,19 +90,16 @@ class DLMSlot(Slot):
                 keep = [(torch.cat([k0, k[:, :, be:]], 2), torch.cat([v0, v[:, :, be:]], 2))
                         for (k0, v0), (k, v) in zip(keep, out.kv, strict=True)]
             self.cached = keep
-        logits = out.logits.masked_fill(self.banned, float("-inf"))  # (T, V)
+        logits = out.logits.masked_fill(self.banned, float("-inf"))  # (len(todo), V)
 
-        if self.mode == "deadline":
-            todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # every mask left, argmax
-            p, tok = torch.softmax(logits[todo - offset], -1).max(-1)
+        if self.mode == "deadline":  # every mask left: its argmax
+            p, tok = torch.softmax(logits, -1).max(-1)
             self._commit(todo, tok, p, now)
             self._finish_if_done(now, reason_if_done="deadline", force=True)
             return
 
         r = self.req
-        todo = (~self.committed[bs - self.Lp : be - self.Lp]).nonzero().squeeze(-1) + bs
-        tokens, token_probs, probs = choose_tokens(logits[todo - offset], r.temperature, r.top_k, r.top_p,
-                                                   self.generator)
+        tokens, token_probs, probs = choose_tokens(logits, r.temperature, r.top_k, r.top_p, self.generator)
         if self.schedule is None:
             self.schedule = transfer_schedule(todo.numel(), self.params.steps or self.params.block_length)
         if self.params.remasking == "threshold" and self.params.steps is None:
