@@ -4,16 +4,21 @@ Every scheduler tick turns the active slots into `StepInput`s (ragged: row i has
 and S_i cached keys) and runs them as one padded forward:
 
     input_ids, positions      (B, T)          right-padded with 0
-    past k / v per layer      (B, H_kv, S, D) right-padded with 0
+    past k / v per layer      (B, H_kv, S, D) left-padded with 0 (row i's keys end at S)
     attn_mask                 (B, 1, T, S+T)  True = may attend
 
+Left-padding the past makes each row's keys after the step, [S - S_i, S + T_i), one contiguous
+slice of the batch's new key tensor, so rows get views back instead of per-row copies (copying
+them was ~40 % of a 16-row AR decode tick on CPU).
 Row i attends to its own S_i cached keys and its own T_i new tokens (all of them for the DLM,
 causally for AR); padded keys are masked out, so they contribute exactly zero to the softmax.
 Padded query rows attend only to themselves (an all-False row would make SDPA return NaN) and
 their outputs are dropped. When every row has the same shape no mask is passed at all (the
 model's own causal/full attention, and SDPA's fused kernels). Only the requested logit rows are
 computed (`logits_at`). Not handled: paged or shared KV memory (each row's cache is its own
-tensor, restacked per tick), chunked prefill (a long prompt pads every row of its tick).
+tensor, restacked per tick; a returned cache is a view that keeps its batch's tensor alive, so
+holders that keep one across many ticks should copy it), chunked prefill (a long prompt pads every
+row of its tick).
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
         mask = torch.zeros(B, 1, T, S + T, dtype=torch.bool, device=device)
         tri = torch.ones(T, T, dtype=torch.bool, device=device).tril()
         for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
-            mask[i, 0, :t, :s] = True
+            mask[i, 0, :t, S - s : S] = True
             mask[i, 0, :t, S : S + t] = tri[:t, :t] if r.causal else True
             pad = torch.arange(t, T, device=device)
             mask[i, 0, pad, S + pad] = True  # padded queries see themselves only (avoids NaN rows)
@@ -86,8 +91,8 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
             v = torch.zeros_like(k)
             for i, (r, s) in enumerate(zip(rows, lens_past, strict=True)):
                 if s:
-                    k[i, :, :s] = r.past[layer][0][0]
-                    v[i, :, :s] = r.past[layer][1][0]
+                    k[i, :, S - s :] = r.past[layer][0][0]
+                    v[i, :, S - s :] = r.past[layer][1][0]
             past.append((k, v))
 
     want_kv = any(r.want_kv for r in rows)
@@ -99,12 +104,8 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
     for i, (r, t, s) in enumerate(zip(rows, lens_new, lens_past, strict=True)):
         kv = None
         if r.want_kv:
-            # (1, H_kv, s + t, D): this row's cached keys, then its new ones (padding dropped)
-            kv = [
-                (torch.cat([k[i : i + 1, :, :s], k[i : i + 1, :, S : S + t]], dim=2),
-                 torch.cat([v[i : i + 1, :, :s], v[i : i + 1, :, S : S + t]], dim=2))
-                for k, v in new_kv
-            ]
+            # (1, H_kv, s + t, D): this row's cached keys, then its new ones (a view, no copy)
+            kv = [(k[i : i + 1, :, S - s : S + t], v[i : i + 1, :, S - s : S + t]) for k, v in new_kv]
         results.append(StepOutput(logits=logits[i, : len(wanted[i])], kv=kv))
     return results
 

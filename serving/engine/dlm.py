@@ -85,10 +85,12 @@ class DLMSlot(Slot):
         if self.mode == "refresh":
             # keep keys/values of the prompt and committed blocks (and, dual cache, of the
             # later blocks + suffix); each (1, H_kv, S, D)
-            keep = [(k[:, :, :bs], v[:, :, :bs]) for k, v in out.kv]
+            # copies: kept for the whole block, a view would pin the batch's key tensor
             if self.params.cache_suffix:
-                keep = [(torch.cat([k0, k[:, :, be:]], 2), torch.cat([v0, v[:, :, be:]], 2))
-                        for (k0, v0), (k, v) in zip(keep, out.kv, strict=True)]
+                keep = [(torch.cat([k[:, :, :bs], k[:, :, be:]], 2), torch.cat([v[:, :, :bs], v[:, :, be:]], 2))
+                        for k, v in out.kv]
+            else:
+                keep = [(k[:, :, :bs].clone(), v[:, :, :bs].clone()) for k, v in out.kv]
             self.cached = keep
         logits = out.logits.masked_fill(self.banned, float("-inf"))  # (len(todo), V)
 
