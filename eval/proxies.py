@@ -8,8 +8,10 @@
 2. Held-out line completion: greedy generation (through `serving.engine`) after the same
    contexts; exact match of the first generated line (whitespace-stripped).
 
-Accuracies come with their standard error (`_stderr`) and a 95 % Wilson interval (`_lo`, `_hi`). Options are "\\n" + line, the context stops before
-that newline, so the line-start whitespace tokenizes as it does in training.
+Accuracies come with their standard error (`_stderr`) and a 95 % Wilson interval (`_lo`, `_hi`).
+The context ends with the line break before the line and the options are bare lines: the
+tokenizer never merges a line break with what follows it (data_prep/tokenizer.py), so context
+and option tokenize as they do inside the training text.
 
 Not handled: documents with fewer than two usable lines; contexts are cut to the model's
 `max_seq_len` from the left (tiny models see ~100 tokens of context).
@@ -26,8 +28,8 @@ MIN_LINE_CHARS = 8  # shorter lines (`else:`, `)`) carry too little signal
 
 @dataclass
 class Question:
-    context: str  # text before the "\n" that starts the true line
-    options: list[str]  # "\n" + line, 4 of them
+    context: str  # text up to and including the line break before the true line
+    options: list[str]  # the true line and 3 distractors (without line breaks)
     answer: int  # index of the true line in options
 
 
@@ -81,7 +83,7 @@ def build_questions(texts: list[str], tokenizer, n: int, seed: int = 0) -> list[
             offset += 1 + len(line)
     if len(candidates) < 4:
         return []
-    lengths = [len(tokenizer.encode("\n" + c[2]).ids) for c in candidates]
+    lengths = [len(tokenizer.encode(c[2]).ids) for c in candidates]
     by_len = sorted(range(len(candidates)), key=lambda i: lengths[i])
     rank = {i: r for r, i in enumerate(by_len)}
     order = list(range(len(candidates)))
@@ -104,10 +106,10 @@ def build_questions(texts: list[str], tokenizer, n: int, seed: int = 0) -> list[
                 break
         if len(picked) < 3:
             continue
-        options = ["\n" + x for x in [line, *picked]]
+        options = [line, *picked]
         perm = list(range(4))
         rng.shuffle(perm)
-        questions.append(Question(texts[d][:offset], [options[p] for p in perm], perm.index(0)))
+        questions.append(Question(texts[d][: offset + 1], [options[p] for p in perm], perm.index(0)))
     return questions
 
 
@@ -200,12 +202,14 @@ def option_scores(model, tokenizer, questions: list[Question], *, objective: str
                     keep[i, : len(r[2])] = True
                 # Bidirectional attention: padding must not be attended. Mask (B, 1, T, T).
                 attn = keep[:, None, None, :].expand(-1, 1, T, T).to(device)
-                logits = model(ids.to(device), attn_mask=attn)  # (B, T, V)
-                # log_softmax only where a token is scored (a few per row, not B*T*V values)
+                # the LM head only at the scored positions (a few per row): (B, K) padded by repeats
+                K = max(len(r[4]) for r in chunk)
+                at = torch.tensor([r[4] + [r[4][-1]] * (K - len(r[4])) for r in chunk])
+                logits = model(ids.to(device), attn_mask=attn, logits_at=at.to(device))  # (B, K, V)
                 rows_idx = torch.tensor([i for i, r in enumerate(chunk) for _ in r[4]], device=logits.device)
-                pos_idx = torch.tensor([p for r in chunk for p in r[4]], device=logits.device)
+                k_idx = torch.tensor([k for r in chunk for k in range(len(r[4]))], device=logits.device)
                 tgt_idx = torch.tensor([t for r in chunk for t in r[3]], device=logits.device)
-                lp = logits[rows_idx, pos_idx].log_softmax(-1).gather(1, tgt_idx[:, None])[:, 0].cpu()
+                lp = logits[rows_idx, k_idx].log_softmax(-1).gather(1, tgt_idx[:, None])[:, 0].cpu()
                 start = 0
                 for qi, oi, _, targets, _pos, weight in chunk:
                     scores[qi][oi] += weight * lp[start : start + len(targets)].sum().item()
@@ -237,7 +241,7 @@ def line_completion_exact_match(engine, questions: list[Question], *, max_extra_
     reqs, targets = [], []
     for q in questions:
         line = q.options[q.answer]
-        n_tok = engine.count_tokens(line)
+        n_tok = engine.count_tokens(line + "\n")
         # The prompt is cut from the left so prompt + completion fits the context.
         # (decode → re-encode can change the count, and the engine may add markers: re-check.)
         room = engine.max_context - (n_tok + max_extra_tokens) - 2
@@ -251,8 +255,7 @@ def line_completion_exact_match(engine, questions: list[Question], *, max_extra_
     outs = engine.generate_batch(reqs)
     hits = 0
     for f, target in zip(outs, targets, strict=True):
-        text = f.text[1:] if f.text.startswith("\n") else f.text
-        hits += text.split("\n", 1)[0].strip() == target
+        hits += f.text.split("\n", 1)[0].strip() == target
     n = len(questions)
     lo, hi = wilson_interval(hits, n)
     return {"line_em": hits / n if n else 0.0, "line_em_stderr": binomial_stderr(hits, n), "line_em_lo": lo,
