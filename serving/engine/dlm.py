@@ -21,7 +21,10 @@ no-cache path (`use_cache=False`) is exact: a full forward every step.
 End of text: the output ends at the first committed `<|endoftext|>` or `<|pad|>` (variable-length
 infill: a fixed span where a model trained with infill padding closes the span early). Decoding
 stops as soon as every position before that end token is committed: later positions cannot
-change the output. Deadline: the next step commits the argmax of every remaining mask.
+change the output. For the same reason, once such a token, or one whose text contains a stop
+string (a line break for single-line infill), is committed, positions after it are no longer
+predicted or committed: a short line in a 32-token canvas costs the steps of the line, not of the
+canvas. Deadline: the next step commits the argmax of every remaining mask.
 Not handled: length search over several span sizes, remasking of committed tokens (ReMDM).
 """
 
@@ -54,6 +57,7 @@ class DLMSlot(Slot):
         self.cached: list | None = None  # per layer (1, H_kv, S, D): prefix (+ suffix) keys/values
         self.mode = "full"  # what this tick's StepInput covers: full | refresh | tail | block | deadline
         self.banned = self.banned_logits_mask([MASK, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE])
+        self.limit = self.G  # canvas index of the earliest committed token that ends the output
 
     def block_span(self) -> tuple[int, int]:
         """Sequence indices [start, end) of the current block."""
@@ -70,14 +74,20 @@ class DLMSlot(Slot):
         else:
             self.mode = "block" if self.params.cache_suffix else "tail"
         bs, be = self.block_span()
-        # logits only where a token is still to be chosen: every mask left (deadline) or this block's
-        self.todo = (~self.committed).nonzero().squeeze(-1) + self.Lp  # sequence indices
-        if self.mode != "deadline":
-            self.todo = self.todo[self.todo < be]
+        # logits only where a token is still to be chosen: every mask left (deadline) or this
+        # block's, before the earliest committed end of the output
+        self.todo = self._todo(be)
+        if not self.todo.numel():  # the "end" was a stop string that whitespace healing strips
+            self.limit = self.G
+            self.todo = self._todo(be)
         if self.mode in ("deadline", "full", "refresh"):
             return StepInput(self.x, self.positions, want_kv=self.mode == "refresh", logits_idx=self.todo)
         end = be if self.mode == "block" else self.x.numel()
         return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached, logits_idx=self.todo - bs)
+
+    def _todo(self, be: int) -> torch.Tensor:
+        todo = (~self.committed[: self.limit]).nonzero().squeeze(-1) + self.Lp  # sequence indices
+        return todo if self.mode == "deadline" else todo[todo < be]
 
     def advance(self, out: StepOutput, now: float) -> None:
         bs, be = self.block_span()
@@ -127,6 +137,15 @@ class DLMSlot(Slot):
         self.x[seq_idx] = tokens
         self.committed[seq_idx - self.Lp] = True
         self.logp[seq_idx - self.Lp] = torch.log(probs.clamp_min(1e-30))
+        for i, t in zip((seq_idx - self.Lp).tolist(), tokens.tolist(), strict=True):
+            if i < self.limit and (t in self.eos_ids or self._has_stop(t)):
+                self.limit = i + 1  # this token is part of the output's end; what follows is not
+
+    def _has_stop(self, token: int) -> bool:
+        if not self.req.stop:
+            return False
+        text = self.info.tokenizer.decode([token], skip_special_tokens=False)
+        return any(s and s in text for s in self.req.stop)
 
     def _finish_if_done(self, now: float, reason_if_done: str = "length", force: bool = False) -> bool:
         """Update the output; finish when the text can no longer change. True if finished."""

@@ -10,7 +10,7 @@ import torch
 from engine_testutil import make_loaded
 
 from serving.engine import DLMParams, Engine, GenerationRequest
-from serving.engine.batch import StepInput, run_batch
+from serving.engine.batch import StepInput, StepOutput, run_batch
 from serving.engine.dlm import DLMSlot
 from serving.engine.slot import encode_context
 
@@ -187,3 +187,22 @@ def test_length_search_keeps_the_most_confident_candidate(dlm):
     assert best.text == winner.text
     assert best.stats.forward_passes == sum(c.stats.forward_passes for c in cands)
     assert all(c.stats.mean_token_logprob < 0 for c in cands)
+
+
+def test_a_committed_stop_ends_prediction_of_the_positions_after_it(dlm):
+    # Single-line infill in a 32-position canvas: once the line break is committed, the positions
+    # after it cannot change the output, so they are no longer predicted (nor cost steps).
+    engine = Engine(dlm)
+    req = GenerationRequest(prompt="def f(", max_tokens=12, stop=["\n"],
+                            dlm=DLMParams(block_length=12, threshold=1.0, use_cache=False))
+    ctx, suf = encode_context(req, engine.info, "dlm")
+    slot = DLMSlot(req, engine.info, lambda ev: None, time.monotonic(), ctx, suf)
+    newline = dlm.tokenizer.token_to_id("Ċ")
+    inp = slot.prepare(time.monotonic())
+    assert inp.logits_idx.tolist() == list(range(len(ctx), len(ctx) + 12))  # the whole block
+    logits = torch.zeros(12, engine.info.vocab_size)
+    logits[4, newline] = 50.0  # position 4 is sure of a line break, the rest undecided
+    slot.advance(StepOutput(logits=logits, kv=None), time.monotonic())
+    assert slot.finished is None
+    nxt = slot.prepare(time.monotonic())
+    assert nxt.logits_idx.tolist() == list(range(len(ctx), len(ctx) + 4))  # only positions before it
