@@ -15,6 +15,8 @@ Known limits: `doc_ids` and `attn_mask` force the masked SDPA path (no flash ker
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -23,6 +25,17 @@ from torch import Tensor, nn
 from coder.config import ModelConfig
 
 KV = tuple[Tensor, Tensor]  # per layer: (k, v), each (B, n_kv_heads, S, head_dim), RoPE applied
+
+
+class KVBuffer(NamedTuple):
+    """A past given as preallocated buffers: keys/values [:length] are the past, and the step's
+    new ones are written in place at [length, length + T) instead of concatenated (a copy of the
+    whole past per layer and step). Each (B, n_kv_heads, capacity ≥ length + T, head_dim)."""
+
+    k: Tensor
+    v: Tensor
+    length: int
+
 CE_CHUNK_ROWS = 512  # rows of logits alive at once in linear_cross_entropy
 
 
@@ -67,13 +80,17 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, is_causal: bool,
-                past: KV | None) -> tuple[Tensor, KV]:
+                past: KV | KVBuffer | None) -> tuple[Tensor, KV]:
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past is not None:
+        if isinstance(past, KVBuffer):
+            n = past.length
+            past.k[:, :, n : n + T], past.v[:, :, n : n + T] = k, v
+            k, v = past.k[:, :, : n + T], past.v[:, :, : n + T]
+        elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
@@ -151,7 +168,7 @@ class Transformer(nn.Module):
         positions: Tensor | None = None,  # (B, T) or (T,); default past_len + arange(T)
         doc_ids: Tensor | None = None,  # (B, T) document index per token (packed sequences)
         attn_mask: Tensor | None = None,  # bool (B or 1, 1, T, S+T), True = may attend
-        past_kv: list[KV] | None = None,  # per layer, from an earlier call with use_cache=True
+        past_kv: list[KV] | list[KVBuffer] | None = None,  # per layer, from an earlier use_cache=True call
         use_cache: bool = False,
         logits_at: Tensor | None = None,  # (B, K) long: only these of the T positions get logits
         targets: Tensor | None = None,  # (B, T) long: return the CE loss against these instead
@@ -172,7 +189,7 @@ class Transformer(nn.Module):
         """
         cfg = self.config
         B, T = input_ids.shape
-        past_len = past_kv[0][0].shape[2] if past_kv else 0
+        past_len = (past_kv[0].length if isinstance(past_kv[0], KVBuffer) else past_kv[0][0].shape[2]) if past_kv else 0
         if positions is None:
             positions = torch.arange(past_len, past_len + T, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)

@@ -4,7 +4,8 @@ Every scheduler tick turns the active slots into `StepInput`s (ragged: row i has
 and S_i cached keys) and runs them as one padded forward:
 
     input_ids, positions      (B, T)          right-padded with 0
-    past k / v per layer      (B, H_kv, S, D) left-padded with 0 (row i's keys end at S)
+    past k / v per layer      (B, H_kv, S + T, D) left-padded with 0 (row i's keys end at S);
+                              the model writes the new keys at [S, S + T) in place (KVBuffer)
     attn_mask                 (B, 1, T, S+T)  True = may attend
 
 Left-padding the past makes each row's keys after the step, [S - S_i, S + T_i), one contiguous
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from coder.model import KV, Transformer
+from coder.model import KV, KVBuffer, Transformer
 
 
 @dataclass
@@ -87,13 +88,17 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
         past = []
         for layer in range(len(model.model.layers)):
             ref = next(r.past for r in rows if r.past)[layer][0]  # (1, H_kv, S_i, D)
-            k = ref.new_zeros(B, ref.shape[1], S, ref.shape[3])
-            v = torch.zeros_like(k)
+            # room for the new keys too: the model writes them at [S, S + T) in place. Only the
+            # left padding is zeroed (masked out, but 0 · garbage could be NaN in SDPA)
+            k = ref.new_empty(B, ref.shape[1], S + T, ref.shape[3])
+            v = torch.empty_like(k)
             for i, (r, s) in enumerate(zip(rows, lens_past, strict=True)):
+                k[i, :, : S - s].zero_()
+                v[i, :, : S - s].zero_()
                 if s:
-                    k[i, :, S - s :] = r.past[layer][0][0]
-                    v[i, :, S - s :] = r.past[layer][1][0]
-            past.append((k, v))
+                    k[i, :, S - s : S] = r.past[layer][0][0]
+                    v[i, :, S - s : S] = r.past[layer][1][0]
+            past.append(KVBuffer(k, v, S))
 
     want_kv = any(r.want_kv for r in rows)
     out = model(input_ids, positions=positions, attn_mask=mask, past_kv=past, use_cache=want_kv,

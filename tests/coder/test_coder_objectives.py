@@ -199,3 +199,24 @@ def test_dlm_loss_gradients_match_the_unfused_computation():
     ((ce * mask / noise.t[:, None]).sum() / 24).backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(fused[n], p.grad, msg=n)
+
+
+@pytest.mark.parametrize("objective", ["ar", "dlm"])
+def test_a_preallocated_past_gives_the_same_logits_and_cache_as_a_concatenated_one(objective):
+    from coder.model import KVBuffer
+
+    model = _model(objective).eval()
+    x = torch.randint(6, 300, (2, 11), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        _, past = model(x[:, :7], use_cache=True)
+        want, want_kv = model(x[:, 7:], past_kv=past, use_cache=True)
+        bufs = []
+        for k, v in past:
+            kb, vb = k.new_full((2, k.shape[1], 11, k.shape[3]), float("nan")), v.new_full((2, v.shape[1], 11, v.shape[3]), 0.0)
+            kb[:, :, :7], vb[:, :, :7] = k, v
+            bufs.append(KVBuffer(kb, vb, 7))
+        got, got_kv = model(x[:, 7:], past_kv=bufs, use_cache=True)
+    torch.testing.assert_close(got, want)
+    for (gk, gv), (wk, wv) in zip(got_kv, want_kv, strict=True):
+        torch.testing.assert_close(gk, wk)
+        torch.testing.assert_close(gv, wv)
