@@ -36,6 +36,7 @@ class KVBuffer(NamedTuple):
     v: Tensor
     length: int
 
+
 CE_CHUNK_ROWS = 512  # rows of logits alive at once in linear_cross_entropy
 
 

@@ -31,7 +31,7 @@ class ARSlot(Slot):
         if self.kv is None:  # prefill: the whole context, causally
             n = self.context.numel()
             return StepInput(self.context, torch.arange(n, device=self.context.device), causal=True,
-                             want_kv=True, logits_from=n - 1)
+                             want_kv=True, logits_idx=torch.tensor([n - 1], device=self.context.device))
         pos = self.context.numel() + len(self.generated) - 1
         return StepInput(torch.tensor([self.generated[-1]], device=self.context.device),
                          torch.tensor([pos], device=self.context.device), past=self.kv, causal=True,

@@ -39,14 +39,12 @@ class StepInput:
     past: list[KV] | None = None  # per layer (k, v), each (1, H_kv, S, D); None = no cache
     causal: bool = False  # causal among the new tokens (AR); the past is always fully visible
     want_kv: bool = False  # return this row's KV (past + new) for caching
-    logits_from: int = 0  # logits are needed for new tokens [logits_from, logits_to) only
-    logits_to: int | None = None  # None: up to the last new token
-    logits_idx: Tensor | None = None  # (K,) long: exactly these new tokens instead (wins over the span)
+    logits_idx: Tensor | None = None  # (K,) long: the new tokens that need logits (None: all of them)
 
 
 @dataclass
 class StepOutput:
-    logits: Tensor  # (logits_to - logits_from or len(logits_idx), vocab) float32
+    logits: Tensor  # (len(logits_idx) or T, vocab) float32
     kv: list[KV] | None  # per layer (1, H_kv, S+T, D) when the row asked for it
 
 
@@ -60,8 +58,7 @@ def run_batch(model: Transformer, rows: list[StepInput]) -> list[StepOutput]:
     lens_past = [int(r.past[0][0].shape[2]) if r.past else 0 for r in rows]
     S = max(lens_past)
 
-    wanted = [r.logits_idx.to(device) if r.logits_idx is not None else
-              torch.arange(r.logits_from, r.logits_to if r.logits_to is not None else t, device=device)
+    wanted = [r.logits_idx.to(device) if r.logits_idx is not None else torch.arange(t, device=device)
               for r, t in zip(rows, lens_new, strict=True)]
     K = max(len(w) for w in wanted)
     # (B, K): wanted positions, short rows repeat their last one (dropped below)
