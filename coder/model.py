@@ -251,11 +251,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, h.shape[0], chunk):
             hc, yc, wc = h[s : s + chunk], y[s : s + chunk], w[s : s + chunk]
             logits = (hc @ W.t()).float()
-            lse = torch.logsumexp(logits, 1)
-            loss += (wc * (lse - logits.gather(1, yc[:, None]).squeeze(1))).sum()
+            # five passes over the chunk, three of them in place (torch.logsumexp makes about as
+            # many with temporaries, and the softmax two more): 2x less time on CPU
+            target_logit = logits.gather(1, yc[:, None]).squeeze(1)
+            row_max = logits.amax(1)
+            e = logits.sub_(row_max[:, None]).exp_()  # exp(logit − max), in place
+            total = e.sum(1)
+            loss += (wc * (row_max + total.log() - target_logit)).sum()
             if need_h or need_w:
-                # w · softmax in two in-place passes: exp(logit − lse + log w); w = 0 gives 0
-                p = logits.sub_((lse - wc.log())[:, None]).exp_()
+                p = e.mul_((wc / total)[:, None])  # w · softmax
                 p[torch.arange(len(yc), device=p.device), yc] -= wc
                 p = p.to(h.dtype)
                 if need_h:
