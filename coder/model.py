@@ -30,11 +30,16 @@ KV = tuple[Tensor, Tensor]  # per layer: (k, v), each (B, n_kv_heads, S, head_di
 class KVBuffer(NamedTuple):
     """A past given as preallocated buffers: keys/values [:length] are the past, and the step's
     new ones are written in place at [length, length + T) instead of concatenated (a copy of the
-    whole past per layer and step). Each (B, n_kv_heads, capacity ≥ length + T, head_dim)."""
+    whole past per layer and step). Each (B, n_kv_heads, capacity ≥ length + T, head_dim).
+
+    With `offsets` (B,) long, rows have pasts of their own lengths (a KV pool): row b's new keys
+    go to [offsets[b], offsets[b] + T), `length` ≥ max(offsets) bounds the keys attended to, and
+    the caller's `attn_mask` must hide each row's keys past its own end."""
 
     k: Tensor
     v: Tensor
     length: int
+    offsets: Tensor | None = None
 
 
 CE_CHUNK_ROWS = 512  # rows of logits alive at once in linear_cross_entropy
@@ -89,7 +94,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(past, KVBuffer):
             n = past.length
-            past.k[:, :, n : n + T], past.v[:, :, n : n + T] = k, v
+            if past.offsets is None:
+                past.k[:, :, n : n + T], past.v[:, :, n : n + T] = k, v
+            else:  # (B, T) write positions, one run per row
+                at = past.offsets[:, None] + torch.arange(T, device=x.device)
+                rows = torch.arange(B, device=x.device)[:, None].expand_as(at)
+                past.k[rows, :, at], past.v[rows, :, at] = k.transpose(1, 2), v.transpose(1, 2)
             k, v = past.k[:, :, : n + T], past.v[:, :, : n + T]
         elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)

@@ -16,10 +16,11 @@ causally for AR); padded keys are masked out, so they contribute exactly zero to
 Padded query rows attend only to themselves (an all-False row would make SDPA return NaN) and
 their outputs are dropped. When every row has the same shape no mask is passed at all (the
 model's own causal/full attention, and SDPA's fused kernels). Only the requested logit rows are
-computed (`logits_at`). Not handled: paged or shared KV memory (each row's cache is its own
-tensor, restacked per tick; a returned cache is a view that keeps its batch's tensor alive, so
-holders that keep one across many ticks should copy it), chunked prefill (a long prompt pads every
-row of its tick).
+computed (`logits_at`). AR decode rows do not come through here: their keys stay in the
+engine's persistent `KVPool` (kvpool.py). Not handled: paged or shared KV memory (a DLM row's
+cache is its own tensor, restacked per tick; a returned cache is a view that keeps its batch's
+tensor alive, so holders that keep one across many ticks should copy it), chunked prefill (a
+long prompt pads every row of its tick).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class StepInput:
     causal: bool = False  # causal among the new tokens (AR); the past is always fully visible
     want_kv: bool = False  # return this row's KV (past + new) for caching
     logits_idx: Tensor | None = None  # (K,) long: the new tokens that need logits (None: all of them)
+    pooled: bool = False  # one AR decode token whose past is the slot's row of the engine's KVPool
 
 
 @dataclass

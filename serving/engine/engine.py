@@ -2,10 +2,11 @@
 
 Continuous batching at step granularity: each tick admits waiting requests into free slots (at
 most `max_batch` running), applies cancellations, asks every running slot for its next step,
-runs them all as one padded forward (`batch.run_batch`) and hands each slot its logits. Requests
-join and leave between ticks, so an AR request in its prefill, one in its 40th token and a DLM
-request refreshing its cache all share a forward. Callbacks run on the scheduler thread, outside
-the engine lock (a callback may call `submit` or `cancel`).
+runs them (AR decode rows as one forward over the persistent `KVPool`, the rest as padded
+forwards, `batch.run_grouped`) and hands each slot its logits. Requests join and leave between
+ticks: an AR request in its prefill and one in its 40th token advance in the same tick, as do
+DLM requests computing a block and one refreshing its cache. Callbacks run on the scheduler
+thread, outside the engine lock (a callback may call `submit` or `cancel`).
 
 Not handled: priorities or fairness beyond FIFO admission, preemption, several models per engine.
 """
@@ -22,8 +23,9 @@ from collections import deque
 import torch
 
 from serving.engine.ar import ARSlot
-from serving.engine.batch import run_grouped
+from serving.engine.batch import StepInput, StepOutput, run_grouped
 from serving.engine.dlm import DLMSlot
+from serving.engine.kvpool import KVPool
 from serving.engine.slot import EventSink, ModelInfo, Slot, encode_context
 from serving.engine.types import (
     Delta,
@@ -60,6 +62,8 @@ class Engine:
             max_context=self.max_context,
             fim=loaded.config.train.fim_rate > 0,
         )
+        # AR decode keeps each running request's keys in a persistent pool (see kvpool.py)
+        self.kv_pool = KVPool(self.model, max_batch) if self.objective == "ar" else None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[Slot] = deque()
@@ -128,7 +132,7 @@ class Engine:
         if self.objective == "dlm":
             slot: Slot = DLMSlot(req, self.info, on_event, t, context, suffix)
         else:
-            slot = ARSlot(req, self.info, on_event, t, context)
+            slot = ARSlot(req, self.info, on_event, t, context, self.kv_pool)
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is shut down")
@@ -247,7 +251,7 @@ class Engine:
             for s in stepping:
                 s.mark_step(now)
             try:
-                outs = run_grouped(self.model, rows)
+                outs = self._forward(rows, stepping)
             except Exception as e:  # e.g. out of memory: fail this tick's requests, keep serving
                 log.exception("model step failed")
                 outs = None
@@ -264,6 +268,24 @@ class Engine:
         with self._lock:
             self._running = [s for s in self._running if s.finished is None]
         return True
+
+    def _forward(self, rows: list[StepInput], slots: list[Slot]) -> list[StepOutput]:
+        """This tick's model work: AR decode rows as one forward over the KV pool, the rest
+        (prefills, DLM steps) as padded batches."""
+        outs: list[StepOutput | None] = [None] * len(rows)
+        pooled = sorted((i for i, r in enumerate(rows) if r.pooled), key=lambda i: slots[i].kv_row)
+        if pooled:
+            if [slots[i].kv_row for i in pooled] != list(range(len(self.kv_pool))):
+                raise RuntimeError("KV pool rows out of step with the running requests")
+            logits = self.kv_pool.decode(self.model, torch.cat([rows[i].ids for i in pooled]),
+                                         torch.cat([rows[i].positions for i in pooled]))
+            for j, i in enumerate(pooled):
+                outs[i] = StepOutput(logits=logits[j : j + 1], kv=None)
+        rest = [i for i, r in enumerate(rows) if not r.pooled]
+        if rest:
+            for i, out in zip(rest, run_grouped(self.model, [rows[i] for i in rest]), strict=True):
+                outs[i] = out
+        return outs  # type: ignore[return-value]
 
 
 def _validate(req: GenerationRequest) -> None:

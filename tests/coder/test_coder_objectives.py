@@ -220,3 +220,37 @@ def test_a_preallocated_past_gives_the_same_logits_and_cache_as_a_concatenated_o
     for (gk, gv), (wk, wv) in zip(got_kv, want_kv, strict=True):
         torch.testing.assert_close(gk, wk)
         torch.testing.assert_close(gv, wv)
+
+
+def test_a_past_with_per_row_offsets_gives_each_row_its_own_result():
+    """A KV pool: rows of different past lengths decode together, each as if alone."""
+    from coder.model import KVBuffer
+
+    model = _model("ar").eval()
+    g = torch.Generator().manual_seed(9)
+    seqs = [torch.randint(6, 300, (n,), generator=g) for n in (5, 9, 3)]
+    lens = torch.tensor([len(s) - 2 for s in seqs])  # each row's past; 2 new tokens per row
+    cap, L = 12, len(model.model.layers)
+    with torch.no_grad():
+        alone = [model(s[None], use_cache=False)[0, -2:] for s in seqs]
+        pool = None
+        for b, s in enumerate(seqs):
+            _, kv = model(s[None, : lens[b]], use_cache=True)
+            if pool is None:
+                pool = [(kv[0][0].new_full((3, kv[0][0].shape[1], cap, kv[0][0].shape[3]), float("nan")),
+                         kv[0][1].new_full((3, kv[0][1].shape[1], cap, kv[0][1].shape[3]), float("nan")))
+                        for _ in range(L)]
+            for (pk, pv), (k, v) in zip(pool, kv, strict=True):
+                pk[b, :, : lens[b]], pv[b, :, : lens[b]] = k[0], v[0]
+        ids = torch.stack([s[-2:] for s in seqs])
+        positions = lens[:, None] + torch.arange(2)
+        n = int(lens.max())
+        keys = torch.arange(n + 2)
+        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (3, 1, 2, n + 2)
+        for b in range(3):  # keys a row never wrote are NaN; zero them, as masked keys must be finite
+            for pk, pv in pool:
+                pk[b, :, lens[b] + 2 :], pv[b, :, lens[b] + 2 :] = 0, 0
+        bufs = [KVBuffer(pk, pv, n, lens) for pk, pv in pool]
+        got = model(ids, positions=positions, attn_mask=mask, past_kv=bufs)
+    for b in range(3):
+        torch.testing.assert_close(got[b], alone[b], atol=1e-5, rtol=1e-4)

@@ -73,13 +73,20 @@ def test_greedy_mixed_batch_equals_each_request_alone(which, request):
     assert together == singles
 
 
-def test_requests_join_and_leave_between_steps(dlm):
-    # max_batch 2 with 5 requests of different lengths: slots free up and refill mid-flight
+@pytest.mark.parametrize("which", ["ar", "dlm"])
+def test_requests_join_and_leave_between_steps(which, request):
+    # max_batch 3 with 5 requests of different lengths: slots free up and refill mid-flight (for
+    # AR the first row leaves first, so the KV pool moves its last row into the freed one)
+    loaded = request.getfixturevalue(which)
     reqs = [GenerationRequest(prompt=p, max_tokens=6 + 5 * i) for i, p in enumerate(PROMPTS + ["y"])]
-    with Engine(dlm, max_batch=1) as alone:
-        singles = [alone.generate(r).text for r in reqs]
-    with Engine(dlm, max_batch=2) as engine:
-        assert [f.text for f in engine.generate_batch(reqs)] == singles
+    with Engine(loaded, max_batch=1) as alone:
+        singles = [alone.generate(r) for r in reqs]
+    with Engine(loaded, max_batch=3) as engine:
+        together = engine.generate_batch(reqs)
+        assert len(engine.kv_pool or []) == 0  # every row given back
+    assert [f.text for f in together] == [f.text for f in singles]
+    if which == "ar":  # all ran to max_tokens: rows left in order, each move was exercised
+        assert [f.stats.completion_tokens for f in together] == [6 + 5 * i for i in range(len(reqs))]
 
 
 def test_sampling_is_deterministic_under_a_seed(ar, dlm):
