@@ -5,11 +5,12 @@
 
 For every `--max-batch` value (default: 16, then 1) a fresh `dcoder serve` subprocess is started
 on 127.0.0.1 and `--clients` concurrent clients run for `--duration` seconds. Each client acts
-like llama.vscode: pick a stdlib file and a cursor position (seeded per client), send
+like llama.vscode: pick a stdlib file (with --corpus: a training document of the served model, a
+team's model completing its own repository) and a cursor position (seeded per client), send
 `POST /infill` with ~30 lines of prefix (split into `input_prefix` + `prompt` at the cursor
 line, as llama.vscode does), ~10 lines of suffix and one 20-line `input_extra` chunk from
 another file, `n_predict` tokens (default 32), then think for `--think-ms` (uniform 0..2x) and
-repeat. The server trims the context to the model's window (128 tokens for the tiny preset).
+repeat (--extra adds fields to every body: DLM knobs, stop strings). The server trims the context to the model's window (128 tokens for the tiny preset).
 
 Reported per configuration: requests, errors (any non-200 or transport error), p50/p90/p99
 latency, requests/s, generated tokens/s, and the server's mean tokens per forward (from
@@ -50,6 +51,26 @@ def stdlib_files(n: int = 200) -> list[list[str]]:
             out.append(lines)
         if len(out) >= n:
             break
+    return out
+
+
+def corpus_files(data_dir: str, split: str = "train", min_lines: int = 41) -> list[list[str]]:
+    """Line lists of the documents of a `dcoder prep` data dir: a model serving the codebase it
+    was trained on (the product's case: a team's model completing code in its own repository)."""
+    from tokenizers import Tokenizer
+
+    from data_prep.format import IndexedDataset, shard_prefixes
+
+    tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+    out = []
+    for prefix in shard_prefixes(data_dir, split):
+        ds = IndexedDataset.open(prefix)
+        for i in range(len(ds)):
+            lines = tok.decode(ds[i].tolist()).splitlines(keepends=True)
+            if len(lines) >= min_lines:
+                out.append(lines)
+    if not out:
+        raise SystemExit(f"no {split} document of {min_lines}+ lines in {data_dir}")
     return out
 
 
@@ -122,7 +143,7 @@ async def run_clients(base: str, args, files) -> dict:
         nonlocal tokens
         rng = random.Random(args.seed * 1000 + k)
         while time.monotonic() < stop_at:
-            body = editor_request(rng, files, args.n_predict)
+            body = {**editor_request(rng, files, args.n_predict), **args.extra}
             t0 = time.monotonic()
             try:
                 r = await http.post("/infill", json=body)
@@ -138,7 +159,7 @@ async def run_clients(base: str, args, files) -> dict:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
         # Warm-up (not timed): one request per client's first cursor.
-        await asyncio.gather(*(http.post("/infill", json=editor_request(random.Random(k), files, args.n_predict))
+        await asyncio.gather(*(http.post("/infill", json={**editor_request(random.Random(k), files, args.n_predict), **args.extra})
                                for k in range(min(4, args.clients))))
         t0 = time.monotonic()
         stop_at = t0 + args.duration
@@ -179,6 +200,9 @@ def main() -> int:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="server's torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", help="a `dcoder prep` data dir: edit its train documents instead of stdlib modules")
+    ap.add_argument("--extra", type=json.loads, default={},
+                    help='JSON merged into every request body, e.g. \'{"block_length": 8, "stop": ["\\n"]}\'')
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -187,7 +211,7 @@ def main() -> int:
     if args.random:
         tmp = tempfile.TemporaryDirectory()
         model = str(random_tiny_model(Path(tmp.name), args.objective))
-    files = stdlib_files()
+    files = corpus_files(args.corpus) if args.corpus else stdlib_files()
     results = {}
     for mb in args.max_batch:
         proc, base = start_server(model, mb, args.max_queue, args.threads)
