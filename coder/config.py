@@ -68,6 +68,8 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 0  # steps between checkpoints (0 = once per epoch)
     eval_every: int = 0  # steps between extra evals inside epochs (0 = at epoch ends only)
+    epoch_every: int = 1  # end-of-epoch validation, eval callback and checkpoint every N epochs
+    # (and at the last step): a corpus of a few thousand tokens is one step per epoch
     repack_each_epoch: bool = True  # new document order (so new chunk boundaries) every epoch
     keep_last: int = 2  # checkpoints kept on disk
     # objective options (all off in the matched recipe)

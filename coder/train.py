@@ -83,6 +83,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.seq_len {t.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
     if t.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"train.dtype must be float32 or bfloat16, got {t.dtype!r}")
+    if t.epoch_every < 1:
+        raise ConfigError(f"train.epoch_every must be >= 1, got {t.epoch_every}")
     return cfg
 
 
@@ -404,7 +406,8 @@ class Trainer:
             window += self.train_step(self.step)
             window_steps += 1
             self.step += 1
-            epoch_end = int(sampler.epoch_progress) > epoch_before or self.step == self.stop_step
+            every = t.epoch_every
+            epoch_end = int(sampler.epoch_progress) // every > epoch_before // every or self.step == self.stop_step
             save_due = t.save_every and self.step % t.save_every == 0
             eval_due = t.eval_every and self.step % t.eval_every == 0 and not epoch_end
             if self.step % t.log_every == 0 or epoch_end or save_due:

@@ -12,7 +12,7 @@ import torch
 from coder_testutil import cli_sets, make_data_dir, make_tokenizer, tiny_run_config, train_losses
 
 from coder.checkpoint import checkpoint_dirs, latest_checkpoint, save_checkpoint
-from coder.config import get_preset
+from coder.config import ConfigError, get_preset
 from coder.export import export_run, load_model
 from coder.model import build_model
 from coder.train import Trainer, TrainingError, lr_at, train, train_pair
@@ -181,3 +181,17 @@ def test_eval_every_adds_evaluations_inside_the_epoch(tmp_path, data_dir):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["type"] == "val"] == steps
     assert json.loads((tmp_path / "run" / "eval" / "step_00000002.json").read_text())["acc"] == 0.02
+
+
+def test_epoch_every_spaces_end_of_epoch_work(tmp_path, data_dir):
+    epochs = []
+    cfg = tiny_run_config("ar", epochs=5.0)
+    cfg.train.epoch_every = 2
+    train(cfg, data_dir, tmp_path / "run", quiet=True,
+          eval_callback=lambda model, tok, c, epoch, step: epochs.append(epoch) or {})
+    assert epochs == [2.0, 4.0, 5.0]  # every second epoch, and the end of the run
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["type"] == "val"] == epochs
+    with pytest.raises(ConfigError, match="epoch_every"):
+        cfg.train.epoch_every = 0
+        train(cfg, data_dir, tmp_path / "bad", quiet=True)
