@@ -54,7 +54,7 @@ def stdlib_files(n: int = 200) -> list[list[str]]:
     return out
 
 
-def corpus_files(data_dir: str, split: str = "train", min_lines: int = 41) -> list[list[str]]:
+def corpus_files(data_dir: str, split: str = "train", min_lines: int = 48) -> list[list[str]]:
     """Line lists of the documents of a `dcoder prep` data dir: a model serving the codebase it
     was trained on (the product's case: a team's model completing code in its own repository)."""
     from tokenizers import Tokenizer
@@ -74,16 +74,20 @@ def corpus_files(data_dir: str, split: str = "train", min_lines: int = 41) -> li
     return out
 
 
-def editor_request(rng: random.Random, files: list[list[str]], n_predict: int) -> dict:
+def editor_request(rng: random.Random, files: list[list[str]], n_predict: int, hole: int = 0) -> dict:
+    """A llama.vscode-like /infill body at a random cursor. `hole` lines are missing after the
+    cursor: 0 = the suffix starts at the cursor (the editor's view while typing), 1 = the rest of
+    the cursor's line is missing (complete the line), 2 = that and the next line, ..."""
     lines = rng.choice(files)
-    i = rng.randrange(30, len(lines) - 10)
+    i = rng.randrange(30, len(lines) - 10 - hole)
     col = rng.randrange(0, max(1, len(lines[i].rstrip("\n"))))
     other = rng.choice(files)
     j = rng.randrange(0, len(other) - 20)
+    suffix = lines[i][col:] + "".join(lines[i + 1:i + 10]) if hole == 0 else "".join(lines[i + hole:i + hole + 9])
     return {
         "input_prefix": "".join(lines[i - 30:i]),
         "prompt": lines[i][:col],
-        "input_suffix": lines[i][col:] + "".join(lines[i + 1:i + 10]),
+        "input_suffix": suffix,
         "input_extra": [{"filename": "context.py", "text": "".join(other[j:j + 20])}],
         "n_predict": n_predict,
         "temperature": 0,
@@ -143,7 +147,7 @@ async def run_clients(base: str, args, files) -> dict:
         nonlocal tokens
         rng = random.Random(args.seed * 1000 + k)
         while time.monotonic() < stop_at:
-            body = {**editor_request(rng, files, args.n_predict), **args.extra}
+            body = {**editor_request(rng, files, args.n_predict, args.hole_lines), **args.extra}
             t0 = time.monotonic()
             try:
                 r = await http.post("/infill", json=body)
@@ -159,7 +163,8 @@ async def run_clients(base: str, args, files) -> dict:
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
         # Warm-up (not timed): one request per client's first cursor.
-        await asyncio.gather(*(http.post("/infill", json={**editor_request(random.Random(k), files, args.n_predict), **args.extra})
+        await asyncio.gather(*(http.post("/infill", json={**editor_request(random.Random(k), files, args.n_predict,
+                                                                   args.hole_lines), **args.extra})
                                for k in range(min(4, args.clients))))
         t0 = time.monotonic()
         stop_at = t0 + args.duration
@@ -200,6 +205,8 @@ def main() -> int:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="server's torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hole-lines", type=int, default=0,
+                    help="lines missing after the cursor (0: suffix starts at the cursor; 1: complete the line)")
     ap.add_argument("--corpus", help="a `dcoder prep` data dir: edit its train documents instead of stdlib modules")
     ap.add_argument("--extra", type=json.loads, default={},
                     help='JSON merged into every request body, e.g. \'{"block_length": 8, "stop": ["\\n"]}\'')
