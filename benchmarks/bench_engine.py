@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-stop", action="store_true", help="no stop string (speed run)")
     ap.add_argument("--extra-tau", type=float, nargs="*", default=[], help="more thresholds (prefix cache)")
+    ap.add_argument("--append-refresh", action="store_true",
+                    help="also τ=0.9 with cache_refresh='append' (prefix and dual cache), in the concurrency runs too")
     ap.add_argument("--rounds", type=int, default=3, help="concurrency rounds (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--json", help="also write the numbers here")
@@ -163,6 +165,11 @@ def main(argv=None) -> int:
         "DLM τ=0.9 + dual cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9, cache_suffix=True))),
         **{f"DLM τ={tau} + prefix cache": (dlm, dlm_req(DLMParams(block_length=B, threshold=tau)))
            for tau in args.extra_tau},
+        **({"DLM τ=0.9 + prefix cache, append refresh": (dlm, dlm_req(DLMParams(
+                block_length=B, threshold=0.9, cache_refresh="append"))),
+            "DLM τ=0.9 + dual cache, append refresh": (dlm, dlm_req(DLMParams(
+                block_length=B, threshold=0.9, cache_suffix=True, cache_refresh="append")))}
+           if args.append_refresh else {}),
         "DLM τ=0.9 + prefix cache, oracle span length": (dlm, dlm_req(DLMParams(block_length=B, threshold=0.9),
                                                                       oracle=True)),
         "DLM τ=0.9 + prefix cache, length search {8,16,32}": (dlm, dlm_req(DLMParams(block_length=B,
@@ -196,7 +203,10 @@ def main(argv=None) -> int:
 
     # Concurrency: all problems submitted at once to max_batch 1 and max_batch C engines,
     # alternating for --rounds rounds; the median round's throughput is reported.
-    targets = [(name, dlm, configs[name][1]) for name in ("DLM τ=0.9 + prefix cache", "DLM τ=0.9 + dual cache")]
+    conc_names = ["DLM τ=0.9 + prefix cache", "DLM τ=0.9 + dual cache"]
+    if args.append_refresh:
+        conc_names.append("DLM τ=0.9 + dual cache, append refresh")
+    targets = [(name, dlm, configs[name][1]) for name in conc_names]
     if ar is not None:
         targets.append(("AR + KV cache", ar, configs[label][1]))
     conc = {}

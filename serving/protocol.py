@@ -83,6 +83,12 @@ class DLMKnobs(BaseModel):
                     "lower commits more tokens per step (faster, riskier).")
     remasking: Literal["threshold", "low_confidence", "entropy", "random"] | None = Field(
         None, description="DLM: which masked positions are committed at each step (default 'threshold').")
+    cache: Literal["none", "prefix", "dual"] | None = Field(
+        None, description="DLM: KV cache between steps: 'none' (exact, slowest), 'prefix' (prompt and "
+                          "committed blocks; default) or 'dual' (also the suffix; fastest, approximate).")
+    cache_refresh: Literal["full", "append"] | None = Field(
+        None, description="DLM: at each block start, 'full' recomputes the whole sequence's cache (default); "
+                          "'append' computes only the block just committed (cheaper, more approximate).")
 
     @model_validator(mode="after")
     def _threshold_needs_threshold_policy(self):
@@ -100,6 +106,10 @@ class DLMKnobs(BaseModel):
             p.threshold = self.threshold
         if self.remasking is not None:
             p.remasking = self.remasking
+        if self.cache is not None:
+            p.use_cache, p.cache_suffix = self.cache != "none", self.cache == "dual"
+        if self.cache_refresh is not None:
+            p.cache_refresh = self.cache_refresh
         return p
 
 

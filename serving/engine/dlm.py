@@ -55,7 +55,9 @@ class DLMSlot(Slot):
         self.step_in_block = 0
         self.schedule: list[int] | None = None  # tokens per step for this block (fixed-steps policies)
         self.cached: list | None = None  # per layer (1, H_kv, S, D): prefix (+ suffix) keys/values
-        self.mode = "full"  # what this tick's StepInput covers: full | refresh | tail | block | deadline
+        self.n_prefix = 0  # cached[:, :, :n_prefix] is the prefix; the rest (dual cache) is what follows the block
+        self.appending: int | None = None  # cache_refresh="append": start of the block just committed
+        self.mode = "full"  # what this tick's StepInput covers: full | refresh | append | tail | block | deadline
         self.banned = self.banned_logits_mask([MASK, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE])
         self.limit = self.G  # canvas index of the earliest committed token that ends the output
 
@@ -71,6 +73,8 @@ class DLMSlot(Slot):
             self.mode = "full"
         elif self.cached is None:
             self.mode = "refresh"
+        elif self.appending is not None:
+            self.mode = "append"
         else:
             self.mode = "block" if self.params.cache_suffix else "tail"
         bs, be = self.block_span()
@@ -82,8 +86,22 @@ class DLMSlot(Slot):
             self.todo = self._todo(be)
         if self.mode in ("deadline", "full", "refresh"):
             return StepInput(self.x, self.positions, want_kv=self.mode == "refresh", logits_idx=self.todo)
+        if self.mode == "append":  # the block just committed + this block (+ the tail) on the cache
+            a, end = self.appending, be if self.params.cache_suffix else self.x.numel()
+            past = self._append_past(be - bs)
+            return StepInput(self.x[a:end], self.positions[a:end], past=past, want_kv=True,
+                             logits_idx=self.todo - a)
         end = be if self.mode == "block" else self.x.numel()
         return StepInput(self.x[bs:end], self.positions[bs:end], past=self.cached, logits_idx=self.todo - bs)
+
+    def _append_past(self, block_len: int) -> list:
+        """The cache without the keys an append step recomputes: the prefix, and (dual cache) what
+        follows the new block; the new block's own stale keys open that second part."""
+        if not self.params.cache_suffix:
+            return self.cached
+        n = self.n_prefix
+        return [(torch.cat([k[:, :, :n], k[:, :, n + block_len:]], 2), torch.cat([v[:, :, :n], v[:, :, n + block_len:]], 2))
+                for k, v in self.cached]
 
     def _todo(self, be: int) -> torch.Tensor:
         todo = (~self.committed[: self.limit]).nonzero().squeeze(-1) + self.Lp  # sequence indices
@@ -101,7 +119,21 @@ class DLMSlot(Slot):
                         for k, v in out.kv]
             else:
                 keep = [(k[:, :, :bs].clone(), v[:, :, :bs].clone()) for k, v in out.kv]
-            self.cached = keep
+            self.cached, self.n_prefix = keep, bs
+        elif self.mode == "append":
+            # the committed block's fresh keys join the prefix; the rest of the cache is kept
+            a, n = self.appending, self.n_prefix
+            past_len = out.kv[0][0].shape[2] - ((be if self.params.cache_suffix else self.x.numel()) - a)
+            keep = []
+            for (k, v), (ck, cv) in zip(out.kv, self.cached, strict=True):
+                nk, nv = k[:, :, past_len : past_len + bs - a], v[:, :, past_len : past_len + bs - a]
+                if self.params.cache_suffix:
+                    later = slice(n + (be - bs), None)
+                    keep.append((torch.cat([ck[:, :, :n], nk, ck[:, :, later]], 2),
+                                 torch.cat([cv[:, :, :n], nv, cv[:, :, later]], 2)))
+                else:
+                    keep.append((torch.cat([ck, nk], 2), torch.cat([cv, nv], 2)))
+            self.cached, self.n_prefix, self.appending = keep, bs, None
         logits = out.logits.masked_fill(self.banned, float("-inf"))  # (len(todo), V)
 
         if self.mode == "deadline":  # every mask left: its argmax
@@ -127,7 +159,11 @@ class DLMSlot(Slot):
         block_done = bool(self.committed[bs - self.Lp : be - self.Lp].all())
         if block_done:
             self.block += 1
-            self.step_in_block, self.schedule, self.cached = 0, None, None
+            self.step_in_block, self.schedule = 0, None
+            if self.params.cache_refresh == "append" and self.cached is not None:
+                self.appending = bs  # the next step appends this block's keys to the cache
+            else:
+                self.cached = None  # the next step refreshes the whole cache
         if not self._finish_if_done(now) and block_done:
             self.stream()
 

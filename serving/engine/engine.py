@@ -300,6 +300,8 @@ def _validate(req: GenerationRequest) -> None:
         (d.steps is not None and d.steps < 1, f"dlm.steps must be >= 1, got {d.steps}"),
         (not 0 <= d.threshold <= 1, f"dlm.threshold must be in [0, 1], got {d.threshold}"),
         (d.remasking not in _POLICIES, f"dlm.remasking must be one of {_POLICIES}, got {d.remasking!r}"),
+        (d.cache_refresh not in ("full", "append"), f"dlm.cache_refresh must be 'full' or 'append', "
+                                                    f"got {d.cache_refresh!r}"),
     ]
     for bad, message in problems:
         if bad:

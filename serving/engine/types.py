@@ -35,6 +35,10 @@ class DLMParams:
     remasking: Remasking = "threshold"  # commit policy
     use_cache: bool = True  # prefix KV cache (prompt + committed blocks)
     cache_suffix: bool = False  # also cache the suffix's KV for infilling (approximation)
+    # at a block start, "full" recomputes the whole sequence (Fast-dLLM); "append" runs only the
+    # block just committed (+ the new block) against the cache and appends its keys (cheaper,
+    # a further approximation: cached keys are never recomputed)
+    cache_refresh: Literal["full", "append"] = "full"
 
 
 @dataclass

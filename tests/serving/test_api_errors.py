@@ -41,6 +41,8 @@ BAD_INPUTS = {
                                                         "remasking": "random"}, 400),
     "unknown remasking": ("/v1/completions", {"prompt": "x", "remasking": "best"}, 400),
     "block_length zero": ("/v1/completions", {"prompt": "x", "block_length": 0}, 400),
+    "unknown cache mode": ("/infill", {"input_prefix": "x", "cache": "paged"}, 400),
+    "unknown cache refresh": ("/v1/completions", {"prompt": "x", "cache_refresh": "sometimes"}, 400),
     "negative seed": ("/v1/completions", {"prompt": "x", "seed": -5}, 400),
     "infill all empty": ("/infill", {"input_prefix": "", "input_suffix": ""}, 400),
     "infill n_predict zero": ("/infill", {"input_prefix": "x", "n_predict": 0}, 400),

@@ -96,3 +96,25 @@ def test_a_stop_word_reports_which_word_fired(dlm_server):
         out = c.post("/infill", json={**body, "stop": ["\x00never", stop]}).json()
     assert out["stop_type"] == "word" and out["stopping_word"] == stop
     assert out["content"] == free[: free.find(stop)]
+
+
+def test_dlm_cache_knobs_reach_the_engine(dlm_server):
+    """One step per block commits the whole block on the refreshing forward, so the prefix cache
+    gives the exact (no-cache) output (as in the engine tests); 'dual' + 'append' is accepted."""
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 16, "temperature": 0,
+            "block_length": 4, "remasking": "low_confidence", "steps": 1}
+    with dlm_server.client() as c:
+        exact = c.post("/infill", json={**body, "cache": "none"}).json()
+        prefix = c.post("/infill", json={**body, "cache": "prefix"}).json()
+        dual_append = c.post("/infill", json={**body, "cache": "dual", "cache_refresh": "append"})
+    assert exact["content"] == prefix["content"]
+    assert dual_append.status_code == 200 and dual_append.json()["stop_type"] in ("eos", "limit", "word")
+
+
+def test_dlm_cache_knobs_map_onto_engine_params():
+    from serving.protocol import DLMKnobs
+
+    assert DLMKnobs().dlm_params().use_cache is True  # engine defaults when unset
+    none, dual = DLMKnobs(cache="none").dlm_params(), DLMKnobs(cache="dual", cache_refresh="append").dlm_params()
+    assert (none.use_cache, none.cache_suffix) == (False, False)
+    assert (dual.use_cache, dual.cache_suffix, dual.cache_refresh) == (True, True, "append")

@@ -88,6 +88,8 @@ def drive(loaded, req: GenerationRequest) -> tuple[DLMSlot, list[torch.Tensor]]:
 
 
 @pytest.mark.parametrize("params", [DLMParams(block_length=8), DLMParams(block_length=8, cache_suffix=True),
+                                    DLMParams(block_length=8, cache_refresh="append"),
+                                    DLMParams(block_length=8, cache_suffix=True, cache_refresh="append"),
                                     DLMParams(block_length=6, remasking="entropy", steps=3),
                                     DLMParams(block_length=6, remasking="random", steps=2)])
 def test_committed_tokens_never_change(dlm, params):
@@ -206,3 +208,35 @@ def test_a_committed_stop_ends_prediction_of_the_positions_after_it(dlm):
     assert slot.finished is None
     nxt = slot.prepare(time.monotonic())
     assert nxt.logits_idx.tolist() == list(range(len(ctx), len(ctx) + 4))  # only positions before it
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_append_refresh_runs_only_new_blocks_and_caches_each_position_once(dlm, dual):
+    """cache_refresh="append": after the first block, no forward covers the whole sequence; the
+    cache always holds one key per position outside the current block (prefix, plus with the
+    dual cache everything after the block), and the result equals the same request batched."""
+    B, G = 6, 24
+    req = GenerationRequest(prompt="def f(x):\n", suffix="    return y\n", max_tokens=G, temperature=0.7, seed=5,
+                            dlm=DLMParams(block_length=B, threshold=0.8, cache_suffix=dual, cache_refresh="append"))
+    ctx, suf = encode_context(req, Engine(dlm).info, "dlm")
+    slot = DLMSlot(req, Engine(dlm).info, lambda ev: None, time.monotonic(), ctx, suf)
+    L = len(ctx) + G + len(suf)
+    sizes = []
+    while slot.finished is None:
+        inp = slot.prepare(time.monotonic())
+        if inp is None:
+            break
+        sizes.append(inp.ids.numel())
+        slot.mark_step(time.monotonic())
+        slot.advance(run_batch(dlm.model, [inp])[0], time.monotonic())
+        if slot.cached is not None and slot.finished is None:
+            bs, be = slot.block_span()
+            cached = slot.cached[0][0].shape[2]
+            if slot.appending is None:  # mid-block: the cache excludes exactly the block
+                assert cached == (L - (be - bs) if dual else bs)
+    assert sizes[0] == L and slot.block >= 2
+    assert max(sizes[1:]) <= (2 * B if dual else L - len(ctx))  # never the whole sequence again
+    with Engine(dlm, max_batch=4) as engine:
+        alone = engine.generate(req)
+        together = engine.generate_batch([req, GenerationRequest(prompt="x", max_tokens=10), req])
+    assert alone.text == together[0].text == together[2].text == slot.text
