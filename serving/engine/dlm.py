@@ -107,9 +107,7 @@ class DLMSlot(Slot):
         follows the new block; the new block's own stale keys open that second part."""
         if not self.params.cache_suffix:
             return self.cached
-        n = self.n_prefix
-        return [(torch.cat([k[:, :, :n], k[:, :, n + block_len:]], 2), torch.cat([v[:, :, :n], v[:, :, n + block_len:]], 2))
-                for k, v in self.cached]
+        return _without(self.cached, self.n_prefix, self.n_prefix + block_len)
 
     def _todo(self, be: int) -> torch.Tensor:
         todo = (~self.committed[: self.limit]).nonzero().squeeze(-1) + self.Lp  # sequence indices
@@ -123,8 +121,7 @@ class DLMSlot(Slot):
             # later blocks + suffix); each (1, H_kv, S, D)
             # copies: kept for the whole block, a view would pin the batch's key tensor
             if self.params.cache_suffix:
-                keep = [(torch.cat([k[:, :, :bs], k[:, :, be:]], 2), torch.cat([v[:, :, :bs], v[:, :, be:]], 2))
-                        for k, v in out.kv]
+                keep = _without(out.kv, bs, be)
             else:
                 keep = [(k[:, :, :bs].clone(), v[:, :, :bs].clone()) for k, v in out.kv]
             self.cached, self.n_prefix = keep, bs
@@ -211,3 +208,8 @@ class DLMSlot(Slot):
         elif frontier == self.G:
             self.finish("length", now)
         return self.finished is not None
+
+
+def _without(kv: list, lo: int, hi: int) -> list:
+    """Per layer (k, v) with the keys/values at [lo, hi) left out (a new tensor, not a view)."""
+    return [(torch.cat([k[:, :, :lo], k[:, :, hi:]], 2), torch.cat([v[:, :, :lo], v[:, :, hi:]], 2)) for k, v in kv]

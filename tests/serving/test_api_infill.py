@@ -98,9 +98,9 @@ def test_a_stop_word_reports_which_word_fired(dlm_server):
     assert out["content"] == free[: free.find(stop)]
 
 
-def test_dlm_cache_knobs_reach_the_engine(dlm_server):
-    """One step per block commits the whole block on the refreshing forward, so the prefix cache
-    gives the exact (no-cache) output (as in the engine tests); 'dual' + 'append' is accepted."""
+def test_dlm_cache_knobs_are_accepted(dlm_server):
+    """Every cache mode answers; with one step per block the prefix cache gives the exact
+    (no-cache) output. That they reach the engine is tested on the mapping below."""
     body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 16, "temperature": 0,
             "block_length": 4, "remasking": "low_confidence", "steps": 1}
     with dlm_server.client() as c:
