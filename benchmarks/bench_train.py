@@ -2,17 +2,22 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train.py [--steps 8] [--compile] [--bf16] [--out FILE]
 
-Side by side in one process, same batch (tiny: 32 × 128 tokens) and dtype (fp32; with --bf16
-also both under CPU bf16 autocast), grad clipping, next-token CE on random tokens:
+Side by side in one run, each contender in its own worker process (its own heap: in one process
+the contenders shared the allocator's state), same batch (tiny: 32 × 128 tokens) and dtype (fp32;
+with --bf16 also both under CPU bf16 autocast), grad clipping, next-token CE on random tokens:
   transformers        Qwen3ForCausalLM built from the config our AR export writes, loss from
-                      `labels` (its standard training path), torch's default AdamW
+                      `labels` (its standard training path), torch's default AdamW; once as a
+                      plain loop runs it, once with dcoder's host allocator policy
+                      (coder.distributed.keep_host_memory) applied, for the code-only comparison
   ours (model only)   coder.model.Transformer in that same plain loop, loss from `targets` (its
                       training path: the LM head fused with the CE, no full logits tensor)
+                      (default allocator, as the transformers row)
   ours (trainer, …)   coder.train.Trainer.train_step: the real training step as shipped (data from
-                      a memmapped data dir, AR and DLM objectives, fused AdamW; --compile adds
-                      the trainer with torch.compile)
-Single steps of all contenders are interleaved so load from other jobs hits them alike; the
-median step counts.
+                      a memmapped data dir, AR and DLM objectives, fused AdamW, the host
+                      allocator policy; --compile adds the trainer with torch.compile)
+Single steps of all contenders are interleaved (the parent sends each worker "step" in turn) so
+load from other jobs hits them alike; the median step counts. Page faults per step are reported
+because they are what the allocator policy changes.
 The primary measure is CPU seconds per step (robust when other jobs share the cores); wall time
 is reported too. MFU = model FLOPs/s ÷ the measured fp32 matmul peak (per CPU second for CPU
 time, per wall second with all threads for wall time); model FLOPs per token = 6 · (non-embedding params + LM head)
@@ -111,51 +116,100 @@ def make_data(root: Path, vocab: int, n_tokens: int) -> Path:
     return root
 
 
+def build_contender(spec: dict):
+    """A contender's step closure, built inside its own worker process."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from coder.distributed import keep_host_memory
+
+    if spec.get("keep_host_memory"):
+        keep_host_memory()
+    cfg = get_preset("tiny")
+    cfg.train.objective, cfg.model.causal = "ar", True
+    B, T, V = cfg.train.global_batch, cfg.train.seq_len, cfg.model.vocab_size
+    torch.manual_seed(0)
+    if spec["kind"] == "trainer":  # Trainer → coder.distributed.init applies its host policy itself
+        c = get_preset("tiny")
+        for k, v in spec["opts"].items():
+            setattr(c.train, k, v)
+        return trainer_step(c, Path(spec["data"]), Path(spec["run"]))
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, V, (B, T), generator=gen) for _ in range(4)]
+    if spec["kind"] == "hf":
+        hf_cfg = {k: v for k, v in hf_config(cfg, {}).items() if k not in ("dcoder", "architectures", "torch_dtype")}
+        hf_cfg.pop("rope_theta" if "rope_parameters" in Qwen3Config().to_dict() else "rope_parameters")
+        model = Qwen3ForCausalLM(Qwen3Config(**hf_cfg, attn_implementation="sdpa"))
+        return plain_step(model, batches, True, bf16=spec.get("bf16", False))
+    return plain_step(build_model(cfg.model, seed=0), batches, False)
+
+
+def worker(spec_json: str) -> int:
+    """One contender in its own process (own heap, so no contender inherits another's allocator
+    state): warm up, say "ready", then time one step per "step" line on stdin."""
+    import resource
+
+    step = build_contender(json.loads(spec_json))
+    for _ in range(2):  # warm-up (and compile)
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t, c = time.perf_counter(), time.process_time()
+        step()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        print(wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8, help="timed steps per contender (interleaved)")
     ap.add_argument("--compile", action="store_true", help="also time the trainer with torch.compile")
     ap.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    if args.worker:
+        return worker(args.worker)
 
     cfg = get_preset("tiny")
-    cfg.train.objective, cfg.model.causal = "ar", True
-    B, T, V = cfg.train.global_batch, cfg.train.seq_len, cfg.model.vocab_size
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, V, (B, T), generator=gen) for _ in range(4)]
-    hf_cfg = {k: v for k, v in hf_config(cfg, {}).items() if k not in ("dcoder", "architectures", "torch_dtype")}
-    hf_cfg.pop("rope_theta" if "rope_parameters" in Qwen3Config().to_dict() else "rope_parameters")
-
-    results: dict[str, list[tuple[float, float]]] = {}
+    B, T = cfg.train.global_batch, cfg.train.seq_len
+    contenders = {
+        REF: {"kind": "hf"},
+        f"{REF}, dcoder's host allocator policy": {"kind": "hf", "keep_host_memory": True},
+        "ours (model only, same plain loop)": {"kind": "model"},
+        "ours (trainer, ar)": {"kind": "trainer", "opts": {"objective": "ar"}},
+        "ours (trainer, dlm)": {"kind": "trainer", "opts": {"objective": "dlm"}},
+    }
+    if args.compile:
+        contenders["ours (trainer, ar, compile)"] = {"kind": "trainer", "opts": {"objective": "ar", "compile": True}}
+    if args.bf16:
+        contenders[f"{REF}, bf16 autocast"] = {"kind": "hf", "bf16": True}
+        contenders["ours (trainer, ar, bf16 autocast)"] = {"kind": "trainer",
+                                                          "opts": {"objective": "ar", "dtype": "bfloat16"}}
+    results: dict[str, list[tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_data(Path(tmp) / "data", V, 400 * 400)
-        torch.manual_seed(0)
-        hf = Qwen3ForCausalLM(Qwen3Config(**hf_cfg, attn_implementation="sdpa"))
-        steps = {REF: plain_step(hf, batches, True),
-                 "ours (model only, same plain loop)": plain_step(build_model(cfg.model, seed=0), batches, False)}
-        trainers = {"ours (trainer, ar)": {"objective": "ar"}, "ours (trainer, dlm)": {"objective": "dlm"}}
-        if args.compile:
-            trainers["ours (trainer, ar, compile)"] = {"objective": "ar", "compile": True}
-        if args.bf16:
-            hf16 = Qwen3ForCausalLM(Qwen3Config(**hf_cfg, attn_implementation="sdpa"))
-            steps["transformers Qwen3ForCausalLM, bf16 autocast"] = plain_step(hf16, batches, True, bf16=True)
-            trainers["ours (trainer, ar, bf16 autocast)"] = {"objective": "ar", "dtype": "bfloat16"}
-        for i, (name, opts) in enumerate(trainers.items()):
-            c = get_preset("tiny")
-            for k, v in opts.items():
-                setattr(c.train, k, v)
-            steps[name] = trainer_step(c, data, Path(tmp) / f"run_{i}")
-        for step in steps.values():  # warm-up (and compile)
-            step()
-            step()
+        data = make_data(Path(tmp) / "data", cfg.model.vocab_size, 400 * 400)
+        procs = {}
+        for i, (name, spec) in enumerate(contenders.items()):
+            spec = {**spec, "data": str(data), "run": str(Path(tmp) / f"run_{i}")}
+            procs[name] = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if procs[name].stdout.readline().strip() != "ready":  # one at a time: warm-ups don't overlap
+                raise SystemExit(f"worker for {name!r} failed")
         # interleave single steps so load from other jobs hits every contender alike
-        for _ in range(args.steps):
-            for name, step in steps.items():
-                t, c = time.perf_counter(), time.process_time()
-                step()
-                results.setdefault(name, []).append((time.perf_counter() - t, time.process_time() - c))
+        for i in range(args.steps):
+            for name, p in procs.items():
+                p.stdin.write("step\n")
+                p.stdin.flush()
+                wall, cpu, faults = p.stdout.readline().split()
+                results.setdefault(name, []).append((float(wall), float(cpu), int(faults)))
+            print(f"step {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+        for p in procs.values():
+            p.stdin.close()
+            p.wait()
     peak, peak_cpu = matmul_peak_gflops()
     # a busy neighbour can hide one core from the wall-clock GEMM: never below the per-core rate × threads
     peak = max(peak, peak_cpu * torch.get_num_threads())
@@ -163,13 +217,14 @@ def main() -> int:
     tokens = B * T
     # CPU seconds per step are the primary measure: other jobs share these cores, and wall time
     # (also reported) includes the time this process was waiting for them.
-    ref_cpu = float(np.median([c for _, c in results[REF]]))
+    ref_cpu = float(np.median([c for _, c, _ in results[REF]]))
     rows = []
     for name, vals in results.items():
-        wall, cpu = float(np.median([w for w, _ in vals])), float(np.median([c for _, c in vals]))
+        wall, cpu = float(np.median([w for w, _, _ in vals])), float(np.median([c for _, c, _ in vals]))
         rows.append({"name": name, "wall_s_per_step": wall, "cpu_s_per_step": cpu,
                      "tokens_per_s_wall": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
                      "vs_transformers_cpu": ref_cpu / cpu,
+                     "page_faults_per_step": float(np.median([f for _, _, f in vals])),
                      "mfu_cpu": tokens / cpu * fpt / (peak_cpu * 1e9),
                      "mfu_wall": tokens / wall * fpt / (peak * 1e9)})
     machine = {
@@ -180,11 +235,11 @@ def main() -> int:
     }
     print(json.dumps(machine))
     print("| contender | CPU s/step | tokens/CPU-s | vs transformers | MFU (CPU time) | wall s/step | "
-          "tokens/s wall | MFU (wall) |\n|---|---|---|---|---|---|---|---|")
+          "tokens/s wall | MFU (wall) | page faults/step |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['cpu_s_per_step']:.3f} | {r['tokens_per_cpu_s']:.0f} | "
               f"{r['vs_transformers_cpu']:.2f}x | {r['mfu_cpu'] * 100:.1f}% | {r['wall_s_per_step']:.3f} | "
-              f"{r['tokens_per_s_wall']:.0f} | {r['mfu_wall'] * 100:.1f}% |")
+              f"{r['tokens_per_s_wall']:.0f} | {r['mfu_wall'] * 100:.1f}% | {r['page_faults_per_step']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows, "raw": results}, indent=2))
     return 0

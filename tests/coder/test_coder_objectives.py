@@ -186,6 +186,23 @@ def test_fused_lm_head_loss_matches_logits_then_cross_entropy_in_value_and_gradi
     torch.testing.assert_close(grads[1], w.grad)
 
 
+def test_hand_written_rmsnorm_and_rope_backwards_match_autograd_of_their_formulas():
+    from coder.model import RMSNorm, apply_rope, rope_cos_sin
+
+    gen = torch.Generator().manual_seed(5)
+    norm = RMSNorm(8, 1e-6).double()
+    norm.weight.data = torch.randn(8, generator=gen, dtype=torch.double)
+    x = torch.randn(2, 4, 3, 8, generator=gen, dtype=torch.double, requires_grad=True)  # (B, T, H, D)
+    cos, sin = rope_cos_sin(torch.arange(4), 8, 10000.0, torch.double)
+    # gradcheck perturbs the tensors it is given in place, norm.weight included
+    assert torch.autograd.gradcheck(lambda x, w: norm(x), (x, norm.weight))
+    assert torch.autograd.gradcheck(lambda x: apply_rope(x.transpose(1, 2), cos, sin), (x,))
+    with torch.no_grad():  # the no-autograd path (decoding) computes the same values
+        plain_norm, plain_rope = norm(x), apply_rope(x.transpose(1, 2), cos, sin)
+    torch.testing.assert_close(norm(x), plain_norm)
+    torch.testing.assert_close(apply_rope(x.transpose(1, 2), cos, sin), plain_rope)
+
+
 def test_dlm_loss_gradients_match_the_unfused_computation():
     model = _model()
     x = torch.randint(6, 300, (2, 12), generator=torch.Generator().manual_seed(4))
