@@ -184,6 +184,21 @@ def test_rows_of_very_different_lengths_go_to_separate_forwards():
     assert [sorted(g) for g in groups] == [[1, 4], [5], [0, 2, 3]]
 
 
+def test_a_block_step_with_a_long_cache_does_not_join_a_ticks_prompt_forwards():
+    from serving.engine.batch import StepInput, plan_groups
+
+    def row(t, past=0):
+        kv = [(torch.zeros(1, 1, past, 2), torch.zeros(1, 1, past, 2))] if past else None
+        return StepInput(torch.zeros(t, dtype=torch.long), torch.arange(past, past + t), past=kv)
+
+    # padding the 8-token step to 121 tokens is within budget; padding 7 prompts' keys to 113 + 121 is not
+    rows = [row(121) for _ in range(7)] + [row(8, past=113)]
+    assert [sorted(g) for g in plan_groups(rows)] == [list(range(7)), [7]]
+    # block steps with similar caches still share a forward
+    steps = [row(16, 105), row(16, 105), row(8, 113), row(8, 113)]
+    assert [sorted(g) for g in plan_groups(steps)] == [[0, 1, 2, 3]]
+
+
 def test_ar_infill_uses_a_psm_prompt_only_when_trained_with_fim(ar, tmp_path):
     from serving.engine.slot import encode_context
 
