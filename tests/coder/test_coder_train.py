@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -212,7 +213,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a policy for glibc's allocator")
 def test_cpu_training_process_keeps_freed_memory_instead_of_faulting_it_back_in():
     def faults(**env):
         base = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
