@@ -122,8 +122,9 @@ def build_contender(spec: dict):
 
     from coder.distributed import keep_host_memory
 
-    if spec.get("keep_host_memory"):
-        keep_host_memory()
+    if spec.get("keep_host_memory") and not keep_host_memory():
+        raise SystemExit("dcoder's host allocator policy did not apply here (MALLOC_*, GLIBC_TUNABLES or "
+                         "LD_PRELOAD set, or not glibc)")
     cfg = get_preset("tiny")
     cfg.train.objective, cfg.model.causal = "ar", True
     B, T, V = cfg.train.global_batch, cfg.train.seq_len, cfg.model.vocab_size
@@ -148,10 +149,14 @@ def worker(spec_json: str) -> int:
     state): warm up, say "ready", then time one step per "step" line on stdin."""
     import resource
 
+    # the protocol gets stdout's file; anything a library prints (Python or C) goes to stderr
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     step = build_contender(json.loads(spec_json))
     for _ in range(2):  # warm-up (and compile)
         step()
-    print("ready", flush=True)
+    print("ready", file=proto)
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -159,8 +164,23 @@ def worker(spec_json: str) -> int:
         t, c = time.perf_counter(), time.process_time()
         step()
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-        print(wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, flush=True)
+        print(wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, file=proto)
     return 0
+
+
+def ask(name: str, p: subprocess.Popen, request: str | None) -> str:
+    """Send `request` (if any) to a worker and read its one-line answer; a dead worker is an error
+    that names its contender."""
+    try:
+        if request is not None:
+            p.stdin.write(request + "\n")
+            p.stdin.flush()
+        line = p.stdout.readline()
+    except BrokenPipeError:
+        line = ""
+    if not line:
+        raise SystemExit(f"worker for {name!r} exited (code {p.wait()}); its stderr is above")
+    return line.strip()
 
 
 def main() -> int:
@@ -192,24 +212,28 @@ def main() -> int:
     results: dict[str, list[tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data", cfg.model.vocab_size, 400 * 400)
-        procs = {}
-        for i, (name, spec) in enumerate(contenders.items()):
-            spec = {**spec, "data": str(data), "run": str(Path(tmp) / f"run_{i}")}
-            procs[name] = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if procs[name].stdout.readline().strip() != "ready":  # one at a time: warm-ups don't overlap
-                raise SystemExit(f"worker for {name!r} failed")
-        # interleave single steps so load from other jobs hits every contender alike
-        for i in range(args.steps):
-            for name, p in procs.items():
-                p.stdin.write("step\n")
-                p.stdin.flush()
-                wall, cpu, faults = p.stdout.readline().split()
-                results.setdefault(name, []).append((float(wall), float(cpu), int(faults)))
-            print(f"step {i + 1}/{args.steps}", file=sys.stderr, flush=True)
-        for p in procs.values():
-            p.stdin.close()
-            p.wait()
+        procs: dict[str, subprocess.Popen] = {}
+        try:
+            for i, (name, spec) in enumerate(contenders.items()):
+                spec = {**spec, "data": str(data), "run": str(Path(tmp) / f"run_{i}")}
+                procs[name] = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                if ask(name, procs[name], None) != "ready":  # one at a time: warm-ups don't overlap
+                    raise SystemExit(f"worker for {name!r} did not start")
+            # interleave single steps so load from other jobs hits every contender alike
+            for i in range(args.steps):
+                for name, p in procs.items():
+                    wall, cpu, faults = ask(name, p, "step").split()
+                    results.setdefault(name, []).append((float(wall), float(cpu), int(faults)))
+                print(f"step {i + 1}/{args.steps}", file=sys.stderr, flush=True)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.stdin.close()
+                    try:
+                        p.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
     peak, peak_cpu = matmul_peak_gflops()
     # a busy neighbour can hide one core from the wall-clock GEMM: never below the per-core rate × threads
     peak = max(peak, peak_cpu * torch.get_num_threads())

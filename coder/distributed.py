@@ -32,6 +32,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    host_memory_kept: bool = False  # keep_host_memory() applied (CPU)
 
     @property
     def is_main(self) -> bool:
@@ -68,6 +69,9 @@ def keep_host_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 
     preload. Skipped when the user already chose (MALLOC_* or GLIBC_TUNABLES set, LD_PRELOAD, or
     DCODER_HOST_ALLOCATOR=default) and off glibc. Returns whether it was applied.
     """
+    for name, v in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
+        if not 0 < v < 2**31:  # mallopt takes a C int
+            raise ValueError(f"{name} must be in (0, 2**31), got {v}")
     env = os.environ
     if (sys.platform != "linux" or env.get(HOST_ALLOCATOR_ENV, "").lower() == "default"
             or "LD_PRELOAD" in env or "GLIBC_TUNABLES" in env or any(k.startswith("MALLOC_") for k in env)):
@@ -89,14 +93,13 @@ def init(device: str | None = None) -> DistInfo:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = pick_device(device, local_rank)
-    if dev.type == "cpu":
-        keep_host_memory()
+    kept = dev.type == "cpu" and keep_host_memory()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank, dev)
+    return DistInfo(rank, world, local_rank, dev, kept)
 
 
 def cleanup() -> None:

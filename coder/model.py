@@ -77,13 +77,14 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, weight, rstd = ctx.saved_tensors
-        xhat = x.to(rstd.dtype) * rstd
-        dw = None
-        if ctx.needs_input_grad[1]:
-            dw = (g * xhat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0, dtype=rstd.dtype).to(weight.dtype)
-        gw = (g * weight).to(rstd.dtype)
-        dot = torch.linalg.vecdot(gw, xhat).unsqueeze(-1).div_(x.shape[-1])
-        dx = gw.sub_(xhat.mul_(dot)).mul_(rstd).to(x.dtype) if ctx.needs_input_grad[0] else None
+        with torch.autocast(x.device.type, enabled=False):  # vecdot is on autocast's bf16 list
+            xhat = x.to(rstd.dtype) * rstd
+            dw = None
+            if ctx.needs_input_grad[1]:
+                dw = (g * xhat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0, dtype=rstd.dtype).to(weight.dtype)
+            gw = (g * weight).to(rstd.dtype)
+            dot = torch.linalg.vecdot(gw, xhat).unsqueeze(-1).div_(x.shape[-1])
+            dx = gw.sub_(xhat.mul_(dot)).mul_(rstd).to(x.dtype) if ctx.needs_input_grad[0] else None
         return dx, dw, None
 
 
@@ -110,7 +111,8 @@ class _RoPEFn(torch.autograd.Function):
     """RoPE for training: the rotation applied in place per half with `addcmul_`, and its
     transpose in the backward (dx = g · cos + rotate_halfᵀ(g · sin)), instead of autograd through
     neg, cat and the slices' zero-filled backward: 1.6-2.0 → 0.7 ms per (32, 4, 128, 48) call
-    (forward + backward, 2 cores)."""
+    (forward + backward, 2 cores). `addcmul_` rounds once where the plain ops round three times,
+    so the two paths can differ in the last bit (1 ulp; a bf16 ulp in bf16)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -284,7 +284,7 @@ class Trainer:
                 else:
                     loss = next_token_loss(self.model, x, doc_ids=docs, input_mask_prob=t.ar_input_mask_prob,
                                            mask_id=self.ids[MASK])
-            yield loss / self.accum
+            yield loss / self.accum  # outside autocast: the caller's backward must not run under it
 
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step; returns the (detached, on-device) loss of this rank."""
@@ -397,7 +397,9 @@ class Trainer:
         tokens_per_step = t.global_batch * t.seq_len
         self._log(f"training {t.objective} ({self.cfg.name}, {self.cfg.model.num_params() / 1e6:.2f}M params) "
                   f"for {self.total_steps} steps ({self.total_steps * tokens_per_step / self.data.unique_tokens:.2f} "
-                  f"epochs of {self.data.unique_tokens} tokens); world {self.info.world_size}, {self.info.device}")
+                  f"epochs of {self.data.unique_tokens} tokens); world {self.info.world_size}, {self.info.device}"
+                  + ("; freed host memory kept for reuse (DCODER_HOST_ALLOCATOR=default turns it off)"
+                     if self.info.host_memory_kept else ""))
         losses: list[float] = []
         window, window_steps, t0, start_step = torch.zeros((), device=self.info.device), 0, time.perf_counter(), self.step
         last = {"loss": float("nan")}

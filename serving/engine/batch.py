@@ -122,24 +122,28 @@ def plan_groups(rows: list[StepInput], max_waste: float = 0.5) -> list[list[int]
     A padded forward computes rows × T_max tokens, and attends rows × T_max × (S_max + T_max)
     (T new tokens, S cached keys), so both the padded tokens (rows · T_max against Σ T_i) and the
     padded keys (rows · (S_max + T_max) against Σ (S_i + T_i)) must stay within 1 + max_waste of
-    the real ones. Rows are sorted longest first and packed greedily; each group is one padded
+    the real ones. Rows are sorted longest first and each joins the first group it fits (first
+    fit, so rows of alternating cache lengths still share forwards); each group is one padded
     forward. Every row still advances once per tick. (Counting tokens alone put a DLM's 8-token
     block step with a 113-key cache into a tick's 121-token prompt forwards: 28 % of the tokens
     of a concurrent DLM run were padding.)
     """
     new = [int(r.ids.numel()) for r in rows]
     past = [int(r.past[0][0].shape[2]) if r.past else 0 for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: (-new[i], -past[i]))
+
+    def fits(g: list[int]) -> bool:
+        t_max, s_max = max(new[j] for j in g), max(past[j] for j in g)
+        return (len(g) * t_max <= (1 + max_waste) * sum(new[j] for j in g)
+                and len(g) * (s_max + t_max) <= (1 + max_waste) * sum(new[j] + past[j] for j in g))
+
     groups: list[list[int]] = []
-    for i in order:
-        if groups:
-            g = [*groups[-1], i]
-            t_max, s_max = max(new[j] for j in g), max(past[j] for j in g)
-            if (len(g) * t_max <= (1 + max_waste) * sum(new[j] for j in g)
-                    and len(g) * (s_max + t_max) <= (1 + max_waste) * sum(new[j] + past[j] for j in g)):
-                groups[-1].append(i)
-                continue
-        groups.append([i])
+    for i in sorted(range(len(rows)), key=lambda i: (-new[i], -past[i])):
+        for g in groups:
+            if fits([*g, i]):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
     return groups
 
 

@@ -201,6 +201,12 @@ def test_hand_written_rmsnorm_and_rope_backwards_match_autograd_of_their_formula
         plain_norm, plain_rope = norm(x), apply_rope(x.transpose(1, 2), cos, sin)
     torch.testing.assert_close(norm(x), plain_norm)
     torch.testing.assert_close(apply_rope(x.transpose(1, 2), cos, sin), plain_rope)
+    # a backward that runs under bf16 autocast keeps the norm's float32 math
+    norm32, x32 = norm.float(), x.detach().float().requires_grad_()
+    ref = torch.autograd.grad(norm32(x32).square().sum(), (x32, norm32.weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = torch.autograd.grad(norm32(x32).square().sum(), (x32, norm32.weight))
+    torch.testing.assert_close(under, ref)
 
 
 def test_dlm_loss_gradients_match_the_unfused_computation():

@@ -225,3 +225,15 @@ def test_cpu_training_process_keeps_freed_memory_instead_of_faulting_it_back_in(
     # glibc's default returns freed 4 MB blocks to the kernel: ~1k faults per block per step
     assert opted_out > 1000
     assert tuned < opted_out / 5
+
+
+def test_allocator_policy_steps_aside_when_the_user_chose_an_allocator(monkeypatch):
+    from coder.distributed import keep_host_memory
+
+    for var, value in (("MALLOC_ARENA_MAX", "2"), ("LD_PRELOAD", "libjemalloc.so.2"),
+                       ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"), ("DCODER_HOST_ALLOCATOR", "default")):
+        with monkeypatch.context() as m:
+            m.setenv(var, value)
+            assert keep_host_memory() is False, var
+    with pytest.raises(ValueError, match="trim_threshold"):
+        keep_host_memory(trim_threshold=1 << 31)  # more than mallopt's C int holds

@@ -197,6 +197,17 @@ def test_a_block_step_with_a_long_cache_does_not_join_a_ticks_prompt_forwards():
     # block steps with similar caches still share a forward
     steps = [row(16, 105), row(16, 105), row(8, 113), row(8, 113)]
     assert [sorted(g) for g in plan_groups(steps)] == [[0, 1, 2, 3]]
+    # rows of alternating cache lengths: two forwards (one per cache length), not one per row
+    alternating = [row(16 - k, 300 * (k % 2)) for k in range(8)]
+    assert sorted(sorted(g) for g in plan_groups(alternating)) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    # any tick: every row lands in exactly one forward
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = int(torch.randint(1, 17, (1,), generator=gen))
+        shapes = torch.randint(1, 130, (n, 2), generator=gen).tolist()
+        rows = [row(t, s if s % 3 else 0) for t, s in shapes]
+        placed = sorted(i for g in plan_groups(rows) for i in g)
+        assert placed == list(range(n))
 
 
 def test_ar_infill_uses_a_psm_prompt_only_when_trained_with_fim(ar, tmp_path):
