@@ -16,7 +16,7 @@ Every request uses stop=["\n"]: a single-line span, so all decoders may end at t
 --no-stop drops it (a speed run: every decoder fills its span until <|endoftext|>/<|pad|>, which
 keeps outputs long enough to compare decoding speed when a weak model ends lines at once).
 The AR model sees a FIM (PSM) prompt only if it was trained with FIM; otherwise it continues the
-prefix and never sees the suffix (labelled in the output). Not measured here: GPU numbers.
+prefix and never sees the suffix (labelled in the output). `--device cuda` runs the same on a GPU.
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), torch threads {__import__('torch').get_num_threads()}"
 
 
+def gpu_name(device: str) -> str:
+    import torch
+
+    return f" ({torch.cuda.get_device_name(torch.device(device))})" if torch.device(device).type == "cuda" else ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dlm", required=True, help="DLM model dir or run dir")
@@ -127,6 +133,7 @@ def main(argv=None) -> int:
                     help="also τ=0.9 with cache_refresh='append' (prefix and dual cache), in the concurrency runs too")
     ap.add_argument("--rounds", type=int, default=3, help="concurrency rounds (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
 
@@ -136,7 +143,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     # max_batch 3: the length-search candidates share forwards; other configs send one at a time
-    dlm = Engine.from_path(args.dlm, max_batch=3)
+    dlm = Engine.from_path(args.dlm, device=args.device, max_batch=3)
     budget = dlm.max_context - args.span - 8  # room for <|endoftext|> and FIM markers
     if args.task == "humaneval":
         raw = humaneval_items(Path(args.humaneval_infilling), args.n)
@@ -179,7 +186,7 @@ def main(argv=None) -> int:
                lambda engine, req: generate_with_length_search(engine, req, spans=(8, 16, 32))}
     ar = None
     if args.ar:
-        ar = Engine.from_path(args.ar, max_batch=1)
+        ar = Engine.from_path(args.ar, device=args.device, max_batch=1)
         label = "AR + KV cache (FIM prompt)" if ar.info.fim else "AR + KV cache (prefix only, no FIM)"
         configs[label] = (ar, lambda it: GenerationRequest(prompt=it.prefix, suffix=it.suffix,
                                                            max_tokens=args.span, stop=stop))
@@ -237,7 +244,7 @@ def main(argv=None) -> int:
 def report(args, rows: dict, conc: dict, n: int) -> str:
     base = rows["DLM vanilla (1 token/step, no cache)"]
     out = [f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
-           f"Machine: {machine()}; shared with other jobs while it ran.", f"Task: {args.task}{' (' + args.split + ' split)' if args.task == 'heldout' else ''}, {n} problems, "
+           f"Machine: {machine()}, device {args.device}{gpu_name(args.device)}; shared with other jobs while it ran.", f"Task: {args.task}{' (' + args.split + ' split)' if args.task == 'heldout' else ''}, {n} problems, "
            f"span {args.span}, block {args.block}, stop {'none (speed run)' if args.no_stop else 'newline'}.", "",
            "| config | exact match | same line as τ=0.9 no cache | TPF | tokens/s | × vanilla tokens/s "
            "| p50 latency (s) | p95 latency (s) |",
