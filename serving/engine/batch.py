@@ -20,7 +20,7 @@ computed (`logits_at`). AR decode rows do not come through here: their keys stay
 engine's persistent `KVPool` (kvpool.py). Not handled: paged or shared KV memory (a DLM row's
 cache is its own tensor, restacked per tick; a returned cache is a view that keeps its batch's
 tensor alive, so holders that keep one across many ticks should copy it), chunked prefill (a
-long prompt pads every row of its tick).
+long prompt's forward delays the other rows of its tick; `plan_groups` keeps it from padding them).
 """
 
 from __future__ import annotations
